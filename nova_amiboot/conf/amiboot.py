@@ -1,0 +1,144 @@
+"""Options of the [amiboot] group, shared by the nova adapter and the CLI."""
+
+from oslo_config import cfg
+
+amiboot_group = cfg.OptGroup(
+    'amiboot',
+    title='AMI boot method options',
+    help="""
+Options of nova-amiboot: how AMI/AKI/ARI triplets are cached on the host,
+how instance disks are prepared (overlay, filesystem growth, injection) and
+which kernel command line the guest boots with.
+""")
+
+cache_opts = [
+    cfg.IntOpt('max_image_virtual_size_gb',
+               default=1024, min=1,
+               help="""
+Largest virtual size, in GiB, that an image part (AKI, ARI or AMI) may claim.
+A larger one is refused before anything is written to the cache, so that a
+crafted image header cannot make the host create a huge disk.
+"""),
+    cfg.IntOpt('qemu_img_cpu_seconds',
+               default=30, min=1,
+               help="""
+CPU time limit, in seconds, for each ``qemu-img info`` run on an untrusted
+image. Crafted images have made qemu-img spin (CVE-2015-5162).
+"""),
+    cfg.IntOpt('qemu_img_address_space_mb',
+               default=1024, min=64,
+               help="""
+Address-space limit, in MiB, for each ``qemu-img info`` run on an untrusted
+image.
+"""),
+    cfg.IntOpt('image_cache_min_age_seconds',
+               default=86400, min=0,
+               help="""
+A cached base file that no instance uses is removed by the cache clean-up
+only when it has not been used for at least this many seconds.
+"""),
+]
+
+disk_opts = [
+    cfg.StrOpt('disk_mode',
+               default='overlay',
+               choices=[('overlay', 'qcow2 overlay backed by the raw base; '
+                         'nothing is copied'),
+                        ('copy', 'full raw copy of the base per instance, '
+                         'like nova\'s Flat backend')],
+               help="""
+How the instance root disk is made from the cached AMI base.
+"""),
+    cfg.StrOpt('attach_method',
+               default='auto',
+               choices=[('auto', 'nbd when /dev/nbd0 exists, else fuse'),
+                        ('nbd', 'qemu-nbd on a /dev/nbdN device (root)'),
+                        ('fuse', 'qemu-storage-daemon FUSE export of the '
+                         'disk as a regular file (no kernel block device)')],
+               help="""
+How the instance disk is reached while its filesystem is grown and files are
+injected. Either way the filesystem is edited from user space (e2fsprogs);
+it is not mounted in the host kernel.
+"""),
+    cfg.BoolOpt('grow_filesystem',
+                default=True,
+                help="""
+Grow an ext2/3/4 root filesystem to the whole root disk of the flavor.
+"""),
+    cfg.IntOpt('attach_timeout',
+               default=30, min=1,
+               help="""
+Seconds to wait for qemu-nbd or qemu-storage-daemon to expose the disk.
+"""),
+]
+
+inject_opts = [
+    cfg.BoolOpt('inject_key',
+                default=True,
+                help="""
+Append the instance's SSH public key to /root/.ssh/authorized_keys in the
+guest filesystem.
+"""),
+    cfg.BoolOpt('inject_password',
+                default=False,
+                help="""
+Write the admin password, hashed with SHA-512 crypt, into /etc/shadow.
+"""),
+    cfg.BoolOpt('inject_hostname',
+                default=True,
+                help="""
+Write the instance's hostname into /etc/hostname.
+"""),
+    cfg.BoolOpt('allow_host_mount',
+                default=False,
+                help="""
+Allow injection through a mount of the guest filesystem in the host kernel
+when the user-space writer cannot handle the filesystem. Off by default:
+mounting untrusted filesystems exposes the host kernel to crafted images.
+"""),
+]
+
+boot_opts = [
+    cfg.StrOpt('default_cmdline',
+               default='root=/dev/vda console=tty0 console=ttyS0',
+               help="""
+Kernel command line used when the AMI has no ``os_command_line`` property.
+"""),
+    cfg.ListOpt('allowed_boot_params',
+                default=['quiet', 'debug', 'loglevel', 'console',
+                         'earlyprintk', 'panic', 'ignore_loglevel',
+                         'net.ifnames', 'biosdevname', 'ipv6.disable',
+                         'nomodeset', 'mitigations', 'elevator',
+                         'transparent_hugepage', 'tsc', 'clocksource',
+                         'no_timer_check', 'amiboot.*'],
+                help="""
+Names of kernel parameters that a user may add per instance (instance
+metadata, user data or the CLI). Shell-style patterns are allowed
+(``amiboot.*``). A parameter whose name is not matched is refused with an
+error naming it; ``init=``, ``rdinit=`` and ``rd.break`` are never in the
+default list because they hand the guest's first process to the requester.
+"""),
+    cfg.BoolOpt('enable_vnc',
+                default=False,
+                help="""
+Give the guest a VNC display listening on 127.0.0.1.
+"""),
+    cfg.StrOpt('virt_type',
+               default='kvm',
+               choices=['kvm', 'qemu'],
+               help="""
+Libvirt domain type used by the ``amiboot`` command. ``qemu`` is software
+emulation (TCG) for hosts without usable hardware virtualisation.
+"""),
+]
+
+ALL_OPTS = cache_opts + disk_opts + inject_opts + boot_opts
+
+
+def register_opts(conf):
+    conf.register_group(amiboot_group)
+    conf.register_opts(ALL_OPTS, group=amiboot_group)
+
+
+def list_opts():
+    return {amiboot_group: ALL_OPTS}

@@ -1,0 +1,118 @@
+"""Exceptions of nova-amiboot.
+
+One base class with a message template, one subclass per failure, the way
+nova.exception does it: callers catch the class, operators read the message.
+"""
+
+
+class AmibootException(Exception):
+    """Base of every error this project raises on purpose."""
+
+    msg_fmt = "An unknown error occurred."
+
+    def __init__(self, message=None, **kwargs):
+        self.kwargs = kwargs
+        if message is None:
+            try:
+                message = self.msg_fmt % kwargs
+            except (KeyError, TypeError):
+                # A template/argument mismatch is our bug; still say
+                # something useful instead of hiding the real failure.
+                message = "%s (%s)" % (self.msg_fmt, kwargs)
+        super().__init__(message)
+        self.message = message
+
+
+class CommandFailed(AmibootException):
+    msg_fmt = "%(cmd)s failed (exit code %(code)s): %(stderr)s"
+
+
+class ToolMissing(AmibootException):
+    msg_fmt = ("Required host tool %(tool)s is not installed; install the "
+               "package that provides it (see tools/setup-host.sh).")
+
+
+# --- images and the cache -------------------------------------------------
+
+class ImageNotFound(AmibootException):
+    msg_fmt = "Image %(image)s not found in %(source)s."
+
+
+class ImageDownloadFailed(AmibootException):
+    msg_fmt = "Image %(image)s could not be fetched: %(reason)s"
+
+
+class ImageChecksumMismatch(AmibootException):
+    msg_fmt = ("Image %(image)s failed verification: %(algo)s is %(actual)s, "
+               "expected %(expected)s.")
+
+
+class ImageSizeMismatch(AmibootException):
+    msg_fmt = ("Image %(image)s failed verification: %(actual)d bytes "
+               "received, expected %(expected)d.")
+
+
+class UnsafeImage(AmibootException):
+    msg_fmt = "Image %(image)s is refused as unsafe: %(reason)s"
+
+
+class ImageFormatMismatch(UnsafeImage):
+    msg_fmt = ("Image %(image)s claims format %(claimed)s but its content "
+               "is %(detected)s.")
+
+
+class ImageTooLarge(UnsafeImage):
+    msg_fmt = ("Image %(image)s has a virtual size of %(size)d bytes, over "
+               "the limit of %(limit)d bytes.")
+
+
+class InvalidImage(AmibootException):
+    msg_fmt = "Image %(image)s cannot be used: %(reason)s"
+
+
+class BaseInUse(AmibootException):
+    msg_fmt = "Cached base %(path)s is used by %(users)s."
+
+
+# --- instance disks -------------------------------------------------------
+
+class FlavorDiskTooSmall(AmibootException):
+    msg_fmt = ("Instance %(instance)s: the flavor's root disk (%(flavor)d "
+               "bytes) is smaller than image %(image)s (%(needed)d bytes).")
+
+
+class DiskFull(AmibootException):
+    msg_fmt = "No space left on %(path)s while %(action)s."
+
+
+class FilesystemCorrupt(AmibootException):
+    msg_fmt = ("Instance %(instance)s: the root filesystem of image "
+               "%(image)s is corrupt: %(reason)s")
+
+
+class AttachFailed(AmibootException):
+    msg_fmt = "Cannot attach %(path)s to the host: %(reason)s"
+
+
+class InjectionFailed(AmibootException):
+    msg_fmt = "Instance %(instance)s: cannot inject %(what)s: %(reason)s"
+
+
+class UnsafeInjectionPath(InjectionFailed):
+    msg_fmt = ("Instance %(instance)s: refusing to inject into %(path)s: "
+               "%(reason)s")
+
+
+# --- boot -----------------------------------------------------------------
+
+class BootParameterDenied(AmibootException):
+    msg_fmt = ("Instance %(instance)s: boot parameter(s) %(params)s not in "
+               "the allow-list [amiboot] allowed_boot_params.")
+
+
+class ModuleNotFound(AmibootException):
+    msg_fmt = "Kernel module %(module)s not found under %(path)s."
+
+
+class ARIBuildFailed(AmibootException):
+    msg_fmt = "Cannot build the ramdisk: %(reason)s"

@@ -1,0 +1,113 @@
+"""The local libvirt, for the ``amiboot`` command and the tests.
+
+Nova drives libvirt itself; this wrapper is what the embedded default uses:
+define and start a domain, follow its serial log, and remove it cleanly.
+"""
+
+import time
+
+import libvirt
+from oslo_log import log as logging
+
+from nova_amiboot import exception
+
+LOG = logging.getLogger(__name__)
+
+
+class GuestError(exception.AmibootException):
+    msg_fmt = "Guest %(name)s: %(reason)s"
+
+
+class Host(object):
+    def __init__(self, uri='qemu:///system'):
+        self.uri = uri
+        self._conn = None
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = libvirt.open(self.uri)
+        return self._conn
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def lookup(self, name):
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    def define_and_start(self, xml):
+        dom = self.conn.defineXML(xml)
+        try:
+            dom.create()
+        except libvirt.libvirtError as e:
+            dom.undefine()
+            raise GuestError(name=dom.name(), reason=str(e))
+        return dom
+
+    def is_running(self, name):
+        dom = self.lookup(name)
+        return dom is not None and dom.isActive() == 1
+
+    def destroy(self, name, undefine=True):
+        """Stop the domain if it runs; undefine it. Missing is fine."""
+        dom = self.lookup(name)
+        if dom is None:
+            return
+        if dom.isActive():
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as e:
+                if dom.isActive():
+                    raise
+                LOG.debug("destroy of %s raced its shutdown: %s", name, e)
+        if undefine:
+            dom.undefine()
+
+
+def read_console(path):
+    """The serial log as text ('' when the guest has not written yet)."""
+    try:
+        with open(path, 'rb') as f:
+            return f.read().decode('utf-8', 'replace')
+    except FileNotFoundError:
+        return ''
+
+
+def wait_for_console(host, name, log_path, done, timeout,
+                     progress=None, poll=0.5):
+    """Wait until ``done(text)`` is true for the serial log of ``name``.
+
+    Returns the log text. Raises GuestError when the guest stops first or
+    the timeout passes, with the log's tail in the message so the operator
+    sees why.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        text = read_console(log_path)
+        if done(text):
+            return text
+        if not host.is_running(name):
+            # The last lines may land after the domain stopped.
+            time.sleep(poll)
+            text = read_console(log_path)
+            if done(text):
+                return text
+            raise GuestError(name=name, reason="stopped before it was ready; "
+                             "console ends with:\n%s" % _tail(text))
+        if time.monotonic() > deadline:
+            raise GuestError(name=name, reason="not ready after %ds; console "
+                             "ends with:\n%s" % (timeout, _tail(text)))
+        if progress:
+            progress(time.monotonic() - (deadline - timeout))
+        time.sleep(poll)
+
+
+def _tail(text, lines=15):
+    return '\n'.join(text.rstrip().splitlines()[-lines:])

@@ -1,0 +1,149 @@
+"""Build the test bed's AKI/ARI/AMI triplet, cached by content.
+
+AKI: the kernel of Debian's linux-image-cloud-amd64 (downloaded with apt,
+unpacked, not installed). ARI: built by the product's own ARI builder. AMI:
+a small ext4 filesystem (no partition table) whose init reports facts on the
+serial console and powers off.
+
+The cache key hashes every input (kernel package, busybox, the builder and
+this file), so a rerun with the same inputs costs nothing.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+from oslo_concurrency import lockutils
+
+from nova_amiboot import ari
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CACHE = os.environ.get('AMIBOOT_TESTBED_CACHE',
+                       '/var/cache/nova-amiboot/testbed')
+KERNEL_META_PACKAGE = 'linux-image-cloud-amd64'
+BUSYBOX = '/bin/busybox'
+AMI_SIZE_MB = 32
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def kernel_package():
+    """Download (once) the concrete kernel package behind the metapackage."""
+    debs = os.path.join(CACHE, 'debs')
+    os.makedirs(debs, exist_ok=True)
+    out = subprocess.run(['apt-cache', 'depends', KERNEL_META_PACKAGE],
+                         check=True, capture_output=True, text=True).stdout
+    names = [line.split()[1] for line in out.splitlines()
+             if line.strip().startswith('Depends: linux-image-')]
+    if not names:
+        raise RuntimeError("apt knows no %s; run apt-get update"
+                           % KERNEL_META_PACKAGE)
+    name = names[0]
+    have = [f for f in os.listdir(debs) if f.startswith(name + '_')
+            and f.endswith('.deb')]
+    if not have:
+        with tempfile.TemporaryDirectory(dir=debs) as tmp:
+            # _apt cannot write into root's temporary directory.
+            os.chmod(tmp, 0o777)
+            subprocess.run(['apt-get', 'download', '-q', name], cwd=tmp,
+                           check=True, capture_output=True)
+            (deb,) = [f for f in os.listdir(tmp) if f.endswith('.deb')]
+            os.replace(os.path.join(tmp, deb), os.path.join(debs, deb))
+            have = [deb]
+    return os.path.join(debs, sorted(have)[-1])
+
+
+def _populate_rootfs(tree, hostname='amiboot-testbed'):
+    for d in ('bin', 'sbin', 'etc', 'dev', 'proc', 'sys', 'tmp', 'run',
+              'var/lib/cloud', 'root'):
+        os.makedirs(os.path.join(tree, d), exist_ok=True)
+    os.chmod(os.path.join(tree, 'root'), 0o700)
+    os.chmod(os.path.join(tree, 'tmp'), 0o1777)
+    shutil.copyfile(BUSYBOX, os.path.join(tree, 'bin/busybox'))
+    os.chmod(os.path.join(tree, 'bin/busybox'), 0o755)
+    applets = subprocess.run([BUSYBOX, '--list'], check=True,
+                             capture_output=True, text=True).stdout.split()
+    for applet in applets:
+        if applet != 'busybox':
+            os.symlink('busybox', os.path.join(tree, 'bin', applet))
+    shutil.copyfile(os.path.join(HERE, 'ami-init.sh'),
+                    os.path.join(tree, 'sbin/init'))
+    os.chmod(os.path.join(tree, 'sbin/init'), 0o755)
+    files = {
+        'etc/hostname': hostname + '\n',
+        'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\n',
+        'etc/group': 'root:x:0:\n',
+        'etc/shadow': 'root:*:19000:0:99999:7:::\n',
+    }
+    for rel, content in files.items():
+        with open(os.path.join(tree, rel), 'w') as f:
+            f.write(content)
+    os.chmod(os.path.join(tree, 'etc/shadow'), 0o640)
+
+
+def build_ami(output, size_mb=AMI_SIZE_MB):
+    with tempfile.TemporaryDirectory(prefix='amiboot-testbed-') as tmp:
+        tree = os.path.join(tmp, 'root')
+        os.makedirs(tree)
+        _populate_rootfs(tree)
+        part = output + '.part'
+        subprocess.run(['mkfs.ext4', '-q', '-F', '-L', 'amiroot', '-d', tree,
+                        '-E', 'root_owner=0:0', part, '%dM' % size_mb],
+                       check=True, capture_output=True)
+        os.replace(part, output)
+
+
+def _key(deb):
+    h = hashlib.sha256()
+    for part in (os.path.basename(deb), _sha256(BUSYBOX),
+                 _sha256(ari.__file__), _sha256(__file__),
+                 _sha256(os.path.join(HERE, 'ami-init.sh'))):
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def build():
+    """Return {'kernel', 'ramdisk', 'root', 'modules', 'dir'} (cached)."""
+    deb = kernel_package()
+    out = os.path.join(CACHE, _key(deb))
+    manifest = os.path.join(out, 'manifest.json')
+    with lockutils.lock('testbed', lock_path=CACHE, external=True):
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                return json.load(f)
+        tmp = out + '.tmp'
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        with tempfile.TemporaryDirectory(prefix='amiboot-kpkg-') as kdir:
+            ari.unpack_kernel_package(deb, kdir)
+            shutil.copyfile(ari.find_kernel_image(kdir),
+                            os.path.join(tmp, 'vmlinuz'))
+            modules = ari.build_ari(os.path.join(tmp, 'initrd.img'),
+                                    modules_dir=ari.find_modules_dir(kdir))
+        build_ami(os.path.join(tmp, 'root.img'))
+        info = {'kernel': os.path.join(out, 'vmlinuz'),
+                'ramdisk': os.path.join(out, 'initrd.img'),
+                'root': os.path.join(out, 'root.img'),
+                'modules': modules, 'kernel_package': deb, 'dir': out}
+        with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
+            json.dump(info, f, indent=1)
+        # Readable by the QEMU user, which opens kernel and ramdisk itself.
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), 0o644)
+        os.chmod(tmp, 0o755)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        return info
+
+
+if __name__ == '__main__':
+    print(json.dumps(build(), indent=1))

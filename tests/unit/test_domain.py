@@ -1,0 +1,111 @@
+"""Domain XML and kernel command line."""
+
+import unittest
+
+from lxml import etree
+
+from nova_amiboot import domain
+from nova_amiboot import exception
+
+ALLOWED = ['quiet', 'console', 'loglevel', 'amiboot.*']
+DEFAULT = 'root=/dev/vda console=tty0 console=ttyS0'
+
+
+def _spec(**kw):
+    args = dict(name='inst-1', uuid='2c9f4f3e-4f2b-4a39-9a7c-9cf0f0d0b7a1',
+                memory_mb=512, vcpus=2, kernel='/b/k', initrd='/b/r',
+                cmdline=DEFAULT, disk_path='/i/disk', console_log='/i/log',
+                virt_type='qemu')
+    args.update(kw)
+    return domain.DomainSpec(**args)
+
+
+class TestCmdline(unittest.TestCase):
+
+    def test_default_plus_allowed(self):
+        self.assertEqual(DEFAULT + ' quiet amiboot.x=1',
+                         domain.build_cmdline(DEFAULT, None,
+                                              ['quiet amiboot.x=1'],
+                                              ALLOWED))
+
+    def test_image_property_replaces_default(self):
+        self.assertEqual('root=LABEL=r ro loglevel=3',
+                         domain.build_cmdline(DEFAULT, 'root=LABEL=r ro',
+                                              ['loglevel=3'], ALLOWED))
+
+    def test_denied_are_named(self):
+        with self.assertRaises(exception.BootParameterDenied) as cm:
+            domain.build_cmdline(DEFAULT, None,
+                                 ['quiet', 'init=/bin/sh', 'rd.break'],
+                                 ALLOWED, instance='vm7')
+        msg = str(cm.exception)
+        self.assertIn('init=/bin/sh', msg)
+        self.assertIn('rd.break', msg)
+        self.assertIn('vm7', msg)
+        self.assertNotIn('quiet', msg)
+
+    def test_pattern_does_not_match_prefix_only(self):
+        # 'amiboot.*' must not admit 'amibootx' or 'rdinit'.
+        self.assertRaises(exception.BootParameterDenied,
+                          domain.build_cmdline, DEFAULT, None,
+                          ['amibootx=1'], ALLOWED)
+
+    def test_quotes_refused(self):
+        self.assertRaises(exception.BootParameterDenied,
+                          domain.build_cmdline, DEFAULT, None,
+                          [['console="ttyS0 init=/bin/sh"']], ALLOWED)
+
+
+class TestDomainXML(unittest.TestCase):
+
+    def test_direct_kernel_boot(self):
+        root = etree.fromstring(domain.build_domain_xml(_spec()))
+        self.assertEqual('qemu', root.get('type'))
+        self.assertEqual('/b/k', root.findtext('os/kernel'))
+        self.assertEqual('/b/r', root.findtext('os/initrd'))
+        self.assertEqual(DEFAULT, root.findtext('os/cmdline'))
+        self.assertEqual(str(512 * 1024), root.findtext('memory'))
+        self.assertEqual('2', root.findtext('vcpu'))
+        disk = root.find('devices/disk')
+        self.assertEqual('/i/disk', disk.find('source').get('file'))
+        self.assertEqual('virtio', disk.find('target').get('bus'))
+        self.assertEqual('qcow2', disk.find('driver').get('type'))
+        self.assertEqual('/i/log',
+                         root.find('devices/serial/log').get('file'))
+        self.assertIsNotNone(root.find('features/acpi'))
+        self.assertEqual('virtio', root.find('devices/memballoon').get(
+            'model'))
+        self.assertEqual('virtio', root.find(
+            'devices/interface/model').get('type'))
+        self.assertIsNone(root.find('devices/graphics'))
+
+    def test_vnc_only_on_loopback(self):
+        root = etree.fromstring(domain.build_domain_xml(_spec(vnc=True)))
+        g = root.find('devices/graphics')
+        self.assertEqual('vnc', g.get('type'))
+        self.assertEqual('127.0.0.1', g.get('listen'))
+
+    def test_values_cannot_change_structure(self):
+        evil = '</cmdline></os><devices><disk/></devices><os><cmdline>'
+        root = etree.fromstring(domain.build_domain_xml(
+            _spec(cmdline=evil, name='a<b>&c')))
+        self.assertEqual(evil, root.findtext('os/cmdline'))
+        self.assertEqual('a<b>&c', root.findtext('name'))
+        self.assertEqual(1, len(root.findall('devices')))
+
+    def test_user_network_with_port_forward(self):
+        net = domain.Network('user', hostfwd=((2222, 22),),
+                             mac='52:54:00:aa:bb:cc')
+        root = etree.fromstring(domain.build_domain_xml(_spec(network=net)))
+        args = [a.get('value') for a in root.iter(
+            '{%s}arg' % domain.QEMU_NS)]
+        self.assertIn('user,id=amibootnet0,hostfwd=tcp:127.0.0.1:2222-:22',
+                      args)
+        self.assertIsNone(root.find('devices/interface'))
+
+    def test_bridge_network(self):
+        net = domain.Network('bridge', bridge='br0', tap='tap1')
+        root = etree.fromstring(domain.build_domain_xml(_spec(network=net)))
+        iface = root.find('devices/interface')
+        self.assertEqual('ethernet', iface.get('type'))
+        self.assertEqual('tap1', iface.find('target').get('dev'))
