@@ -78,11 +78,9 @@ done
 
 opts="$mode"
 [ -n "$rootflags" ] && opts="$opts,$rootflags"
-if [ -n "$rootfstype" ]; then
-    mount -t "$rootfstype" -o "$opts" "$dev" /newroot || fail "cannot mount $dev"
-else
-    mount -o "$opts" "$dev" /newroot || fail "cannot mount $dev"
-fi
+fstype=
+[ -n "$rootfstype" ] && fstype="-t $rootfstype"
+mount $fstype -o "$opts" "$dev" /newroot || fail "cannot mount $dev"
 [ -x "/newroot$init" ] || [ -L "/newroot$init" ] || fail "no $init on $dev"
 
 for fs in dev proc sys; do
