@@ -89,13 +89,6 @@ Write the admin password, hashed with SHA-512 crypt, into /etc/shadow.
                 help="""
 Write the instance's hostname into /etc/hostname.
 """),
-    cfg.BoolOpt('allow_host_mount',
-                default=False,
-                help="""
-Allow injection through a mount of the guest filesystem in the host kernel
-when the user-space writer cannot handle the filesystem. Off by default:
-mounting untrusted filesystems exposes the host kernel to crafted images.
-"""),
 ]
 
 boot_opts = [

@@ -97,6 +97,7 @@ def build_ami(output, size_mb=AMI_SIZE_MB):
         _populate_rootfs(tree)
         part = output + '.part'
         subprocess.run(['mkfs.ext4', '-q', '-F', '-L', 'amiroot', '-d', tree,
+                        '-T', 'default', '-b', '4096',
                         '-E', 'root_owner=0:0', part, '%dM' % size_mb],
                        check=True, capture_output=True)
         os.replace(part, output)

@@ -1,0 +1,207 @@
+"""Reach an instance disk from the host without a kernel filesystem mount.
+
+Two ways, same result: a *target* path that e2fsprogs can open as a block
+device or a plain file holding the guest filesystem.
+
+- nbd: ``qemu-nbd -c /dev/nbdN`` (root, through nova_amiboot.privileged), on
+  compute hosts with the nbd module.
+- fuse: ``qemu-storage-daemon`` exports the disk as a regular file through
+  FUSE (QEMU's ``--export type=fuse``). No kernel block device, no root.
+
+Neither mounts the guest filesystem in the host kernel. Both are context
+managers that always release what they took: the daemon is stopped, the
+FUSE mount gone, the nbd device disconnected, even when the body fails.
+"""
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import tempfile
+import time
+
+from oslo_concurrency import lockutils
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+
+from nova_amiboot import exception
+from nova_amiboot import utils
+
+LOG = logging.getLogger(__name__)
+
+
+class Target(object):
+    """A disk made visible to e2fsprogs; ``run`` runs one of them on it."""
+
+    def __init__(self, path, method):
+        self.path = path
+        self.method = method
+
+    def run(self, tool, args, ok_codes=(0,), process_input=None):
+        if self.method == 'nbd':
+            from nova_amiboot.privileged import nbd as priv_nbd
+            try:
+                return priv_nbd.run_e2fs(tool, self.path, list(args),
+                                         ok_codes=tuple(ok_codes),
+                                         process_input=process_input)
+            except processutils.ProcessExecutionError as e:
+                raise exception.CommandFailed(cmd=tool, code=e.exit_code,
+                                              stderr=(e.stderr or '').strip())
+        return utils.execute(tool, *(list(args) + [self.path]),
+                             check_exit_code=list(ok_codes),
+                             process_input=process_input)
+
+
+def choose_method(conf):
+    method = conf.amiboot.attach_method
+    if method == 'auto':
+        return 'nbd' if os.path.exists('/sys/block/nbd0') else 'fuse'
+    return method
+
+
+def fuse_mounted(path):
+    """True if ``path`` is a FUSE mount point (per /proc/self/mountinfo)."""
+    path = os.path.realpath(path)
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index('-')
+            mnt = fields[4].encode().decode('unicode_escape')
+            if mnt == path and fields[sep + 1].startswith('fuse'):
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def attached(disk, fmt, conf, method=None):
+    """Yield a Target for ``disk`` (format ``fmt``) and release it after."""
+    method = method or choose_method(conf)
+    if method == 'fuse':
+        cm = _fuse(disk, fmt, conf.amiboot.attach_timeout)
+    elif method == 'nbd':
+        cm = _nbd(disk, fmt, conf.amiboot.attach_timeout)
+    else:
+        raise ValueError(method)
+    with cm as target:
+        yield target
+
+
+@contextlib.contextmanager
+def _fuse(disk, fmt, timeout):
+    workdir = tempfile.mkdtemp(prefix='amiboot-export-')
+    mnt = os.path.join(workdir, 'disk')
+    pidfile = os.path.join(workdir, 'pid')
+    open(mnt, 'w').close()
+    pid = None
+    try:
+        # --daemonize returns only once the export is set up (or failed),
+        # so there is no mount to poll for.
+        try:
+            utils.execute(
+                'qemu-storage-daemon',
+                '--blockdev', 'driver=file,node-name=file0,filename=%s'
+                % _qemu_opt(disk),
+                '--blockdev', 'driver=%s,node-name=fmt0,file=file0' % fmt,
+                '--export', 'type=fuse,id=exp0,node-name=fmt0,'
+                'mountpoint=%s,writable=on' % _qemu_opt(mnt),
+                '--pidfile', pidfile, '--daemonize',
+                timeout=timeout)
+        except exception.CommandFailed as e:
+            raise exception.AttachFailed(path=disk, reason=str(e))
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        if not fuse_mounted(mnt):
+            raise exception.AttachFailed(path=disk,
+                                         reason="FUSE export did not appear")
+        yield Target(mnt, 'fuse')
+    finally:
+        if pid:
+            _stop_daemon(pid, mnt, timeout)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _qemu_opt(value):
+    # QEMU's option syntax escapes a comma by doubling it.
+    return value.replace(',', ',,')
+
+
+def _stop_daemon(pid, mnt, timeout):
+    """SIGTERM qemu-storage-daemon: it flushes, unmounts and exits."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if _alive(pid):
+        LOG.warning("qemu-storage-daemon %d ignored SIGTERM; killing it", pid)
+        os.kill(pid, signal.SIGKILL)
+    if fuse_mounted(mnt):
+        utils.execute('fusermount3', '-u', '-z', mnt)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours counts as gone (reap it).
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        pass
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().split(')')[-1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def _free_nbd_devices():
+    for sysdir in sorted(glob.glob('/sys/block/nbd*'),
+                         key=lambda p: int(p[len('/sys/block/nbd'):])):
+        if not os.path.exists(os.path.join(sysdir, 'pid')):
+            yield '/dev/' + os.path.basename(sysdir)
+
+
+@contextlib.contextmanager
+def _nbd(disk, fmt, timeout):
+    from nova_amiboot.privileged import nbd as priv_nbd
+    for device in _free_nbd_devices():
+        # Two spawns must not pick the same device (LP#1207422): take the
+        # device's lock, then look again.
+        with lockutils.lock('amiboot-' + os.path.basename(device),
+                            external=True,
+                            lock_path=_nbd_lock_path()):
+            if os.path.exists('/sys/block/%s/pid'
+                              % os.path.basename(device)):
+                continue
+            try:
+                priv_nbd.connect(device, disk, fmt)
+            except processutils.ProcessExecutionError as e:
+                LOG.debug("qemu-nbd on %s failed: %s", device, e.stderr)
+                continue
+            try:
+                _wait_for_nbd(device, timeout)
+                yield Target(device, 'nbd')
+            finally:
+                priv_nbd.disconnect(device)
+            return
+    raise exception.AttachFailed(path=disk, reason="no free nbd device")
+
+
+def _nbd_lock_path():
+    return os.environ.get('AMIBOOT_LOCK_PATH', '/var/lock')
+
+
+def _wait_for_nbd(device, timeout):
+    pidfile = '/sys/block/%s/pid' % os.path.basename(device)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(pidfile):
+        if time.monotonic() > deadline:
+            raise exception.AttachFailed(path=device,
+                                         reason="qemu-nbd did not connect")
+        time.sleep(0.05)

@@ -1,0 +1,139 @@
+"""Where images come from: one interface, a local store behind it.
+
+The cache asks an ImageSource for an image's metadata (what Glance records)
+and its bytes. The ``amiboot`` command uses LocalImageStore; the nova adapter
+wraps nova's Glance client in the same interface.
+"""
+
+import abc
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+
+from oslo_log import log as logging
+
+from nova_amiboot import exception
+
+LOG = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+
+
+@dataclasses.dataclass
+class ImageMeta:
+    id: str
+    name: str
+    disk_format: str
+    container_format: str
+    size: int
+    checksum: str = None            # md5, as Glance's legacy field
+    os_hash_algo: str = None        # Glance multihash
+    os_hash_value: str = None
+    properties: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def kernel_id(self):
+        return self.properties.get('kernel_id')
+
+    @property
+    def ramdisk_id(self):
+        return self.properties.get('ramdisk_id')
+
+
+class ImageSource(abc.ABC):
+    """What the cache needs from an image service."""
+
+    name = 'image source'
+
+    @abc.abstractmethod
+    def get_meta(self, image_id):
+        """Return ImageMeta or raise ImageNotFound."""
+
+    @abc.abstractmethod
+    def iter_data(self, image_id):
+        """Yield the image's bytes in chunks."""
+
+
+def _file_hashes(path, algo='sha512'):
+    md5, multi, size = hashlib.md5(usedforsecurity=False), \
+        hashlib.new(algo), 0
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(CHUNK), b''):
+            md5.update(chunk)
+            multi.update(chunk)
+            size += len(chunk)
+    return size, md5.hexdigest(), multi.hexdigest()
+
+
+class LocalImageStore(ImageSource):
+    """Images as files under one directory, with Glance-like metadata.
+
+    ``<dir>/<id>`` holds the bytes, ``<dir>/<id>.json`` the metadata; the
+    JSON is written last, so an image without it is incomplete.
+    """
+
+    name = 'the local image store'
+
+    def __init__(self, path):
+        self.path = path
+        os.makedirs(path, mode=0o755, exist_ok=True)
+
+    def _meta_path(self, image_id):
+        if os.sep in image_id or image_id.startswith('.'):
+            raise exception.ImageNotFound(image=image_id, source=self.name)
+        return os.path.join(self.path, image_id + '.json')
+
+    def get_meta(self, image_id):
+        try:
+            with open(self._meta_path(image_id)) as f:
+                return ImageMeta(**json.load(f))
+        except FileNotFoundError:
+            raise exception.ImageNotFound(image=image_id, source=self.name)
+
+    def iter_data(self, image_id):
+        self.get_meta(image_id)
+        with open(os.path.join(self.path, image_id), 'rb') as f:
+            for chunk in iter(lambda: f.read(CHUNK), b''):
+                yield chunk
+
+    def list(self):
+        return sorted((self.get_meta(n[:-5]) for n in os.listdir(self.path)
+                       if n.endswith('.json')), key=lambda m: m.name)
+
+    def add(self, name, src, disk_format, properties=None, image_id=None):
+        """Copy ``src`` in and record its metadata; return ImageMeta.
+
+        Checks (format safety) belong to the caller, before this is called.
+        """
+        image_id = image_id or str(uuid.uuid4())
+        container = disk_format if disk_format in ('ami', 'aki',
+                                                   'ari') else 'bare'
+        dst = os.path.join(self.path, image_id)
+        tmp = dst + '.part'
+        try:
+            shutil.copyfile(src, tmp)
+            size, md5, sha512 = _file_hashes(tmp)
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        meta = ImageMeta(id=image_id, name=name, disk_format=disk_format,
+                         container_format=container, size=size,
+                         checksum=md5, os_hash_algo='sha512',
+                         os_hash_value=sha512,
+                         properties=dict(properties or {}))
+        self.save_meta(meta)
+        return meta
+
+    def save_meta(self, meta):
+        path = self._meta_path(meta.id)
+        with open(path + '.part', 'w') as f:
+            json.dump(dataclasses.asdict(meta), f, indent=1, sort_keys=True)
+        os.replace(path + '.part', path)
+
+    def delete(self, image_id):
+        os.unlink(self._meta_path(image_id))
+        os.unlink(os.path.join(self.path, image_id))

@@ -1,0 +1,21 @@
+"""Root-only operations, through oslo.privsep with least capabilities.
+
+Everything here runs in the privsep daemon. Each function does one narrow
+thing and checks its arguments itself (a device must be /dev/nbdN, a tool
+one of e2fsprogs'): never a generic "run as root".
+
+The FUSE attach needs none of this: qemu-storage-daemon exports the disk as
+a file owned by the caller. Only the nbd path (real compute hosts) does.
+"""
+
+from oslo_privsep import capabilities as caps
+from oslo_privsep import priv_context
+
+nbd_pctxt = priv_context.PrivContext(
+    'nova_amiboot',
+    cfg_section='nova_amiboot_privileged',
+    pypath=__name__ + '.nbd_pctxt',
+    # SYS_ADMIN for the nbd ioctls; DAC_OVERRIDE to open /dev/nbdN (root
+    # owned) for e2fsprogs.
+    capabilities=[caps.CAP_SYS_ADMIN, caps.CAP_DAC_OVERRIDE],
+)

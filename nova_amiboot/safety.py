@@ -1,0 +1,116 @@
+"""Format safety for untrusted image files (AMI, AKI and ARI alike).
+
+Two independent looks at every file before it may enter the cache:
+
+1. oslo.utils' format_inspector reads the headers itself and says what the
+   content really is, so a qcow2 or VMDK uploaded as "raw" is caught
+   (CVE-2024-40767), and runs its safety checks (backing files, data-file,
+   VMDK descriptors: CVE-2022-47951, CVE-2024-32498).
+2. ``qemu-img info`` with an explicit ``-f`` (never probing: CVE-2014-0134,
+   CVE-2026-24708) under CPU and address-space limits (CVE-2015-5162), for
+   the virtual size and a second opinion on backing and data files.
+
+A kernel or ramdisk is not a disk image: QEMU reads it as a plain file. Its
+only requirement is not to be a container format that a tool would follow
+elsewhere; a bzImage's boot sector (0x55AA) makes the inspector say "gpt",
+which is harmless for a kernel and accepted.
+"""
+
+import json
+
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+from oslo_utils.imageutils import format_inspector
+
+from nova_amiboot import exception
+from nova_amiboot import utils
+
+LOG = logging.getLogger(__name__)
+
+# What each claimed disk_format may contain, as the inspector names it.
+_ALLOWED_CONTENT = {
+    'aki': {'raw', 'gpt'},
+    'ari': {'raw'},
+    'ami': {'raw'},
+    'raw': {'raw'},
+    'qcow2': {'qcow2'},
+}
+
+
+class Inspection(object):
+    def __init__(self, fmt, virtual_size, actual_size):
+        self.format = fmt
+        self.virtual_size = virtual_size
+        self.actual_size = actual_size
+
+
+def _qemu_img_info(path, fmt, image, conf):
+    limits = processutils.ProcessLimits(
+        cpu_time=conf.amiboot.qemu_img_cpu_seconds,
+        address_space=conf.amiboot.qemu_img_address_space_mb * 1024 * 1024)
+    try:
+        out, _err = utils.execute('qemu-img', 'info', '-f', fmt,
+                                  '--output=json', path, prlimit=limits,
+                                  env_variables={'LC_ALL': 'C'})
+    except exception.CommandFailed as e:
+        raise exception.UnsafeImage(image=image,
+                                    reason="qemu-img info failed: %s" % e)
+    return json.loads(out)
+
+
+def inspect(path, claimed, image, conf):
+    """Check ``path`` claimed to be ``claimed``; return an Inspection.
+
+    ``claimed`` is the image's disk_format (ami, aki, ari, raw or qcow2).
+    Raises an UnsafeImage subclass naming ``image`` on any refusal.
+    """
+    if claimed not in _ALLOWED_CONTENT:
+        raise exception.InvalidImage(
+            image=image, reason="disk_format %s is not supported by the AMI "
+            "boot method (use ami, aki, ari, raw or qcow2)" % claimed)
+    try:
+        inspector = format_inspector.detect_file_format(path)
+    except format_inspector.ImageFormatError as e:
+        raise exception.UnsafeImage(image=image,
+                                    reason="ambiguous format: %s" % e)
+    detected = str(inspector) if inspector else 'raw'
+    if detected not in _ALLOWED_CONTENT[claimed]:
+        if claimed == 'ami' and detected == 'gpt':
+            raise exception.ImageFormatMismatch(
+                image=image, claimed=claimed,
+                detected="a whole disk with a partition table (an AMI is a "
+                         "bare filesystem)")
+        raise exception.ImageFormatMismatch(image=image, claimed=claimed,
+                                            detected=detected)
+    if claimed != 'aki':
+        # The kernel's boot sector trips the MBR check although QEMU never
+        # reads it as a disk (and 'aki' admits no container format);
+        # every other part must pass every check.
+        try:
+            inspector.safety_check()
+        except (format_inspector.SafetyCheckFailed,
+                format_inspector.ImageFormatError) as e:
+            raise exception.UnsafeImage(image=image, reason=str(e))
+
+    qfmt = 'qcow2' if detected == 'qcow2' else 'raw'
+    info = _qemu_img_info(path, qfmt, image, conf)
+    if info.get('format') != qfmt:
+        raise exception.ImageFormatMismatch(image=image, claimed=qfmt,
+                                            detected=info.get('format'))
+    if info.get('backing-filename') or info.get('full-backing-filename'):
+        raise exception.UnsafeImage(
+            image=image, reason="it has a backing file (%s)"
+            % info.get('backing-filename'))
+    data_file = (info.get('format-specific', {}).get('data', {})
+                 .get('data-file'))
+    if data_file:
+        raise exception.UnsafeImage(
+            image=image, reason="it has an external data file (%s)"
+            % data_file)
+    limit = conf.amiboot.max_image_virtual_size_gb * 1024 ** 3
+    vsize = int(info.get('virtual-size', 0))
+    if vsize > limit:
+        raise exception.ImageTooLarge(image=image, size=vsize, limit=limit)
+    LOG.debug("Image %(image)s at %(path)s: %(fmt)s, virtual size %(size)d",
+              {'image': image, 'path': path, 'fmt': qfmt, 'size': vsize})
+    return Inspection(qfmt, vsize, int(info.get('actual-size', 0)))

@@ -1,0 +1,175 @@
+"""The spawn pipeline: from an AMI id to an instance ready to boot.
+
+1. fetch AMI, AKI and ARI into the cache (verified, inspected, once);
+2. make the instance disk (qcow2 overlay over the raw base, or a copy);
+3. attach it (nbd or FUSE), grow the filesystem, inject key, hostname,
+   password, user data; detach;
+4. link kernel and ramdisk into the instance dir and write the domain XML.
+
+Cheap checks (boot parameters, image metadata, flavor size) come before any
+disk work. On failure the instance directory is removed whole; the cache
+keeps only complete, checked bases.
+"""
+
+import dataclasses
+import os
+import shutil
+import time
+
+from oslo_log import log as logging
+
+from nova_amiboot import attach
+from nova_amiboot import disk as disk_mod
+from nova_amiboot import domain
+from nova_amiboot import exception
+from nova_amiboot import grow
+from nova_amiboot import inject
+
+LOG = logging.getLogger(__name__)
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass
+class Flavor:
+    name: str
+    root_gb: int
+    memory_mb: int
+    vcpus: int
+
+
+@dataclasses.dataclass
+class InstanceRequest:
+    uuid: str
+    name: str
+    image_id: str
+    flavor: Flavor
+    key: str = None
+    password: str = None
+    hostname: str = None
+    user_data: bytes = None
+    boot_params: tuple = ()
+    network: domain.Network = dataclasses.field(
+        default_factory=domain.Network)
+
+
+@dataclasses.dataclass
+class Prepared:
+    instance_dir: str
+    disk: str
+    disk_format: str
+    kernel: str
+    ramdisk: str
+    cmdline: str
+    console_log: str
+    xml: str
+    grown: bool
+    timings: dict
+
+
+def _link_or_copy(src, dst):
+    # A hard link shares the base without a copy and marks it as used
+    # (same inode) for the cache's clean-up; another filesystem needs a copy.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def fetch_triplet(cache, image_id):
+    """Fetch AMI, AKI, ARI; return (ami meta, root, kernel, ramdisk)."""
+    ami = cache.source.get_meta(image_id)
+    if not ami.kernel_id or not ami.ramdisk_id:
+        raise exception.InvalidImage(
+            image=image_id, reason="it is not an AMI: kernel_id and "
+            "ramdisk_id properties are required")
+    root = cache.fetch(image_id, 'ami')
+    kernel = cache.fetch(ami.kernel_id, 'aki')
+    ramdisk = cache.fetch(ami.ramdisk_id, 'ari')
+    return ami, root, kernel, ramdisk
+
+
+def customise(target, req, conf):
+    """Grow and inject on an attached disk; return True if grown."""
+    fstype = grow.fs_type(target)
+    is_ext = fstype in grow.EXT_TYPES
+    grown = False
+    if conf.amiboot.grow_filesystem:
+        grown = grow.grow(target, instance=req.name, image=req.image_id)
+    wants = [w for w, v in (('SSH key', req.key and conf.amiboot.inject_key),
+                            ('password', req.password
+                             and conf.amiboot.inject_password),
+                            ('hostname', req.hostname
+                             and conf.amiboot.inject_hostname),
+                            ('user data', req.user_data)) if v]
+    if not wants:
+        return grown
+    if not is_ext:
+        raise exception.InjectionFailed(
+            instance=req.name, what=', '.join(wants),
+            reason="filesystem %s of image %s cannot be written from user "
+                   "space (ext2/3/4 only)" % (fstype, req.image_id))
+    fs = inject.GuestFS(target, instance=req.name)
+    if req.key and conf.amiboot.inject_key:
+        inject.inject_key(fs, req.key)
+    if req.hostname and conf.amiboot.inject_hostname:
+        inject.inject_hostname(fs, req.hostname)
+    if req.password and conf.amiboot.inject_password:
+        inject.inject_password(fs, req.password)
+    if req.user_data:
+        inject.inject_user_data(fs, req.user_data, req.uuid,
+                                req.hostname or req.name)
+    inject.arrange_relabel(fs)
+    return grown
+
+
+def prepare(conf, cache, req, virt_type=None, attach_method=None):
+    """Prepare instance ``req`` under the cache's instances dir."""
+    timings = {}
+    t0 = time.monotonic()
+    ami = cache.source.get_meta(req.image_id)
+    cmdline = domain.build_cmdline(
+        conf.amiboot.default_cmdline, ami.properties.get('os_command_line'),
+        req.boot_params, conf.amiboot.allowed_boot_params,
+        instance=req.name)
+    _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id)
+    timings['fetch'] = time.monotonic() - t0
+
+    idir = os.path.join(cache.instances_path, req.uuid)
+    os.makedirs(idir, mode=0o755)
+    try:
+        t = time.monotonic()
+        disk = os.path.join(idir, 'disk')
+        fmt = disk_mod.create(root.path, disk, req.flavor.root_gb * GiB,
+                              mode=conf.amiboot.disk_mode,
+                              instance=req.name, image=req.image_id)
+        timings['disk'] = time.monotonic() - t
+        t = time.monotonic()
+        with attach.attached(disk, fmt, conf, method=attach_method) as tg:
+            grown = customise(tg, req, conf)
+        timings['customise'] = time.monotonic() - t
+        kpath = os.path.join(idir, 'kernel')
+        rpath = os.path.join(idir, 'ramdisk')
+        _link_or_copy(kernel.path, kpath)
+        _link_or_copy(ramdisk.path, rpath)
+        log = os.path.join(idir, 'console.log')
+        spec = domain.DomainSpec(
+            name=req.name, uuid=req.uuid, memory_mb=req.flavor.memory_mb,
+            vcpus=req.flavor.vcpus, kernel=kpath, initrd=rpath,
+            cmdline=cmdline, disk_path=disk, disk_format=fmt,
+            console_log=log,
+            virt_type=virt_type or conf.amiboot.virt_type,
+            network=req.network, vnc=conf.amiboot.enable_vnc,
+            metadata={'image': req.image_id, 'flavor': req.flavor.name})
+        xml = domain.build_domain_xml(spec)
+        with open(os.path.join(idir, 'libvirt.xml'), 'w') as f:
+            f.write(xml)
+    except BaseException:
+        shutil.rmtree(idir, ignore_errors=True)
+        raise
+    timings['total'] = time.monotonic() - t0
+    LOG.info("Instance %(name)s prepared in %(t).3fs (%(steps)s)",
+             {'name': req.name, 't': timings['total'],
+              'steps': ', '.join('%s %.3fs' % kv for kv in timings.items())})
+    return Prepared(idir, disk, fmt, kpath, rpath, cmdline, log, xml, grown,
+                    timings)
