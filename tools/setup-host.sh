@@ -20,7 +20,7 @@ packages=(
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
     python3-dev python3-venv
     busybox-static cpio kmod dpkg xz-utils zstd fuse3
-    iproute2 openssh-client debootstrap
+    iproute2 openssh-client openssl debootstrap fdisk
 )
 
 install_packages() {

@@ -1,0 +1,103 @@
+"""Shared set-up for tests on real tools: config, store, leak checks."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+from oslo_config import cfg
+
+from nova_amiboot import cache as cache_mod
+from nova_amiboot.conf import amiboot as amiboot_conf
+from nova_amiboot import images
+from tests.testbed import build
+
+
+def make_conf(**overrides):
+    conf = cfg.ConfigOpts()
+    amiboot_conf.register_opts(conf)
+    conf([], project='nova-amiboot-tests', default_config_files=[])
+    for k, v in overrides.items():
+        conf.set_override(k, v, group='amiboot')
+    return conf
+
+
+def live_processes(name):
+    """PIDs of running (non-zombie) processes called ``name``."""
+    pids = []
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            with open('/proc/%s/stat' % pid) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index('(') + 1:stat.rindex(')')]
+        state = stat[stat.rindex(')') + 2]
+        if comm == name[:15] and state != 'Z':
+            pids.append(int(pid))
+    return pids
+
+
+def fuse_exports():
+    with open('/proc/self/mountinfo') as f:
+        return [line.split()[4] for line in f
+                if 'amiboot-export-' in line.split()[4]]
+
+
+class RealToolsTestCase(unittest.TestCase):
+    """A scratch instances dir with a local store holding the triplet."""
+
+    def setUp(self):
+        super().setUp()
+        self.testbed = build.build()
+        self.instances = tempfile.mkdtemp(prefix='amiboot-inst-',
+                                          dir='/var/tmp')
+        os.chmod(self.instances, 0o755)
+        self.addCleanup(shutil.rmtree, self.instances, True)
+        self.store = images.LocalImageStore(
+            os.path.join(self.instances, 'store'))
+        self.conf = make_conf()
+        self.addCleanup(self.assertNothingLeaked)
+
+    def add_triplet(self, root=None, root_format='ami', properties=None):
+        tb = self.testbed
+        aki = self.store.add('k', tb['kernel'], 'aki')
+        ari = self.store.add('r', tb['ramdisk'], 'ari')
+        props = {'kernel_id': aki.id, 'ramdisk_id': ari.id}
+        props.update(properties or {})
+        ami = self.store.add('ami', root or tb['root'], root_format, props)
+        return ami, aki, ari
+
+    def make_cache(self, source=None):
+        return cache_mod.ImageCache(self.instances, source or self.store,
+                                    self.conf)
+
+    def base_dir_entries(self):
+        d = os.path.join(self.instances, '_base')
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def assertNoPartials(self):
+        self.assertEqual([], [n for n in self.base_dir_entries()
+                              if '.part' in n])
+
+    def assertNothingLeaked(self):
+        self.assertEqual([], live_processes('qemu-storage-daemon'))
+        self.assertEqual([], live_processes('qemu-nbd'))
+        self.assertEqual([], fuse_exports())
+        self.assertNoPartials()
+
+    def run_cmd(self, *cmd):
+        return subprocess.run(cmd, check=True, capture_output=True,
+                              text=True).stdout
+
+    def scratch(self, name):
+        return os.path.join(self.instances, name)
+
+    def mkfs(self, tree, path, size='32M'):
+        subprocess.run(['mkfs.ext4', '-q', '-F', '-T', 'default', '-b',
+                        '4096', '-d', tree, '-E', 'root_owner=0:0', path,
+                        size], check=True, capture_output=True)
+        return path
