@@ -129,8 +129,12 @@ ALL_OPTS = cache_opts + disk_opts + inject_opts + boot_opts
 
 
 def register_opts(conf):
-    conf.register_group(amiboot_group)
-    conf.register_opts(ALL_OPTS, group=amiboot_group)
+    # A group object holds per-option state (overrides): each ConfigOpts
+    # gets its own, so that one configuration never leaks into another.
+    conf.register_group(cfg.OptGroup(amiboot_group.name,
+                                     title=amiboot_group.title,
+                                     help=amiboot_group.help))
+    conf.register_opts(ALL_OPTS, group=amiboot_group.name)
 
 
 def list_opts():
