@@ -52,3 +52,15 @@ def boot(host, name, kernel, ramdisk, disk, workdir, cmdline,
     finally:
         host.destroy(name)
     return report.parse(text), text
+
+
+def boot_prepared(host, prepared, name, timeout=BOOT_TIMEOUT):
+    """Boot an instance the spawn pipeline prepared; return (report, log)."""
+    host.destroy(name)
+    try:
+        host.define_and_start(prepared.xml)
+        text = guest.wait_for_console(host, name, prepared.console_log,
+                                      report.complete, timeout)
+    finally:
+        host.destroy(name)
+    return report.parse(text), text

@@ -1,0 +1,104 @@
+"""The nbd attach path and the privileged helpers' argument checks.
+
+These machines have no nbd kernel module, so /dev/nbdN cannot exist here:
+the device list and the two privileged calls that touch the device
+(connect, disconnect) are mocked. Everything else is the real code.
+"""
+
+import tempfile
+import unittest
+from unittest import mock
+
+from oslo_concurrency import processutils
+
+from nova_amiboot import attach
+from nova_amiboot import exception
+from nova_amiboot.privileged import nbd as priv_nbd
+from tests.functional.base import make_conf
+
+
+class TestNbdAttach(unittest.TestCase):
+
+    def setUp(self):
+        self.conf = make_conf(attach_timeout=1)
+        lockdir = tempfile.mkdtemp()
+        patcher = mock.patch.dict('os.environ', {'AMIBOOT_LOCK_PATH':
+                                                 lockdir})
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        # Mocked: the kernel's nbd devices.
+        for target, value in (('_free_nbd_devices', ['/dev/nbd3',
+                                                     '/dev/nbd4']),
+                              ('_wait_for_nbd', None)):
+            p = mock.patch.object(attach, target,
+                                  return_value=value if value is None
+                                  else iter(value))
+            p.start()
+            self.addCleanup(p.stop)
+        self.connect = mock.patch.object(priv_nbd, 'connect').start()
+        self.disconnect = mock.patch.object(priv_nbd, 'disconnect').start()
+        self.addCleanup(mock.patch.stopall)
+
+    def test_auto_picks_nbd_when_the_device_exists(self):
+        with mock.patch('os.path.exists', return_value=True):
+            self.assertEqual('nbd', attach.choose_method(self.conf))
+        with mock.patch('os.path.exists', return_value=False):
+            self.assertEqual('fuse', attach.choose_method(self.conf))
+        self.conf.set_override('attach_method', 'fuse', 'amiboot')
+        with mock.patch('os.path.exists', return_value=True):
+            self.assertEqual('fuse', attach.choose_method(self.conf))
+
+    def test_connect_use_disconnect(self):
+        with attach.attached('/i/disk', 'qcow2', self.conf, 'nbd') as tg:
+            self.assertEqual('/dev/nbd3', tg.path)
+            self.assertEqual('nbd', tg.method)
+            self.disconnect.assert_not_called()
+        self.connect.assert_called_once_with('/dev/nbd3', '/i/disk',
+                                             'qcow2')
+        self.disconnect.assert_called_once_with('/dev/nbd3')
+
+    def test_busy_device_skipped_and_disconnect_on_error(self):
+        self.connect.side_effect = [
+            processutils.ProcessExecutionError(stderr='busy'), None]
+        with self.assertRaises(RuntimeError):
+            with attach.attached('/i/disk', 'raw', self.conf, 'nbd') as tg:
+                self.assertEqual('/dev/nbd4', tg.path)
+                raise RuntimeError('grow failed')
+        self.disconnect.assert_called_once_with('/dev/nbd4')
+
+    def test_no_free_device(self):
+        self.connect.side_effect = processutils.ProcessExecutionError(
+            stderr='busy')
+        with self.assertRaises(exception.AttachFailed) as cm:
+            with attach.attached('/i/disk', 'raw', self.conf, 'nbd'):
+                pass
+        self.assertIn('no free nbd device', str(cm.exception))
+        self.disconnect.assert_not_called()
+
+    def test_tools_go_through_the_privileged_helper(self):
+        with mock.patch.object(priv_nbd, 'run_e2fs',
+                               return_value=('ext4\n', '')) as run:
+            with attach.attached('/i/disk', 'raw', self.conf, 'nbd') as tg:
+                self.assertEqual(('ext4\n', ''), tg.run('blkid', ['-p']))
+        run.assert_called_once_with('blkid', '/dev/nbd3', ['-p'],
+                                    ok_codes=(0,), process_input=None)
+
+
+class TestPrivilegedChecks(unittest.TestCase):
+    """The checks run inside the privsep daemon; they are plain code."""
+
+    def test_device_names(self):
+        priv_nbd._check_device('/dev/nbd12')
+        for bad in ('/dev/sda', '/dev/nbd1p1', '/dev/nbd1/../sda', 'nbd0'):
+            self.assertRaises(ValueError, priv_nbd._check_device, bad)
+
+    def test_debugfs_script(self):
+        stage = tempfile.gettempdir() + '/amiboot-inject-ab_12/f0'
+        priv_nbd._check_debugfs_script(
+            'cd /root/.ssh\nwrite %s authorized_keys\nsif x mode 0100600\n'
+            % stage)
+        for bad in ('write /etc/shadow x', 'dump /etc/passwd /tmp/x',
+                    'write %s/../../etc/shadow x' % stage.rsplit('/', 1)[0],
+                    'rdump / /tmp', '! sh'):
+            self.assertRaises(ValueError, priv_nbd._check_debugfs_script,
+                              bad)
