@@ -80,14 +80,13 @@ class ImageCache(object):
         with self._lock(os.path.basename(path)):
             if os.path.exists(path):
                 # Re-inspect on every use: a base that entered the cache
-                # under older rules must not be trusted forever
-                # (CVE-2024-40767). Raw headers only: milliseconds.
+                # under older rules must not be trusted forever.
                 claimed = 'raw' if meta.disk_format == 'qcow2' else \
                     meta.disk_format
-                info = safety.inspect(path, claimed, image_id, self.conf)
+                safety.recheck(path, claimed, image_id)
                 os.utime(path)
-                return CachedImage(image_id, path, info.format,
-                                   info.virtual_size)
+                return CachedImage(image_id, path, 'raw',
+                                   os.path.getsize(path))
             info = self._download(meta, path)
         return CachedImage(image_id, path, 'raw', info.virtual_size)
 

@@ -25,9 +25,9 @@ def fs_type(target):
     return out.strip() or None
 
 
-def grow(target, instance='?', image='?'):
+def grow(target, instance='?', image='?', fstype=None):
     """Grow an ext2/3/4 filesystem on ``target``; return True if grown."""
-    fstype = fs_type(target)
+    fstype = fstype or fs_type(target)
     if fstype not in EXT_TYPES:
         LOG.warning("Instance %(inst)s: filesystem %(fs)s of image "
                     "%(image)s is not ext2/3/4; left at its size",

@@ -30,6 +30,21 @@ _BANNER = re.compile(r'^debugfs [0-9.]+ \(.*\)$')
 _TYPES = {'directory': 'dir', 'regular': 'file', 'symlink': 'link'}
 
 
+def _parse_stats(out):
+    """{path: 'dir'|'file'|'link'|...} from debugfs 'stat' output."""
+    types, current = {}, None
+    for line in out.splitlines():
+        m = re.match(r'^debugfs: stat (\S+)$', line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.match(r'^Inode: \d+\s+Type: (\S+)', line)
+        if m and current:
+            types[current] = _TYPES.get(m.group(1), m.group(1))
+            current = None
+    return types
+
+
 def staging_dir():
     # The privileged nbd helper accepts debugfs 'write' sources only from
     # directories named like this.
@@ -42,6 +57,7 @@ class GuestFS(object):
     def __init__(self, target, instance='?'):
         self.target = target
         self.instance = instance
+        self._checked = {}
 
     def _fail(self, what, reason):
         raise exception.InjectionFailed(instance=self.instance, what=what,
@@ -58,12 +74,7 @@ class GuestFS(object):
                   if line.strip() and not _BANNER.match(line.strip())]
         return out, errors
 
-    def check_path(self, path):
-        """Validate ``path``; return the parts and their types.
-
-        Returns [(path_so_far, 'dir'|'file'|None)] for each component,
-        None where it does not exist (and so neither does what follows).
-        """
+    def _prefixes(self, path):
         norm = os.path.normpath(path)
         if not path.startswith('/') or norm != path or path == '/':
             raise exception.UnsafeInjectionPath(
@@ -75,8 +86,9 @@ class GuestFS(object):
                 raise exception.UnsafeInjectionPath(
                     instance=self.instance, path=path,
                     reason="component %r is not a plain name" % name)
-        prefixes = ['/' + '/'.join(names[:i + 1]) for i in range(len(names))]
-        types = self._stat_types(prefixes)
+        return ['/' + '/'.join(names[:i + 1]) for i in range(len(names))]
+
+    def _judge(self, path, prefixes, types):
         result, missing = [], False
         for i, p in enumerate(prefixes):
             kind = None if missing else types.get(p)
@@ -97,19 +109,18 @@ class GuestFS(object):
             result.append((p, kind))
         return result
 
+    def check_path(self, path):
+        """Validate ``path``; return the parts and their types.
+
+        Returns [(path_so_far, 'dir'|'file'|None)] for each component,
+        None where it does not exist (and so neither does what follows).
+        """
+        prefixes = self._prefixes(path)
+        return self._judge(path, prefixes, self._stat_types(prefixes))
+
     def _stat_types(self, paths):
         out, _errors = self.debugfs(''.join('stat %s\n' % p for p in paths))
-        types, current = {}, None
-        for line in out.splitlines():
-            m = re.match(r'^debugfs: stat (\S+)$', line)
-            if m:
-                current = m.group(1)
-                continue
-            m = re.match(r'^Inode: \d+\s+Type: (\S+)', line)
-            if m and current:
-                types[current] = _TYPES.get(m.group(1), m.group(1))
-                current = None
-        return types
+        return _parse_stats(out)
 
     def stat(self, path):
         """(mode, uid, gid) of an existing file checked by check_path."""
@@ -122,19 +133,31 @@ class GuestFS(object):
             int(owner.group(2))
 
     def read(self, path):
-        """Text content of a regular file (checked), or None if absent."""
-        parts = self.check_path(path)
+        """Text content of a regular file, or None if absent.
+
+        One debugfs run checks the path and reads the file; the check is
+        remembered for a following write() of the same path.
+        """
+        prefixes = self._prefixes(path)
+        script = ''.join('stat %s\n' % p for p in prefixes)
+        out, errors = self.debugfs(script + 'cat %s\n' % path)
+        stats, _sep, content = out.partition('debugfs: cat %s\n' % path)
+        parts = self._judge(path, prefixes, _parse_stats(stats))
+        self._checked[path] = parts
         if parts[-1][1] is None:
             return None
-        out, errors = self.debugfs('cat %s\n' % path)
         if errors:
             self._fail(path, '; '.join(errors))
-        # stdout starts with debugfs' echo of the command.
-        return out.split('\n', 1)[1].encode() if '\n' in out else b''
+        return content.encode()
 
-    def write(self, path, data, mode=0o644, uid=0, gid=0, dir_mode=0o755):
-        """Create or replace a regular file; create missing directories."""
-        parts = self.check_path(path)
+    def write(self, path, data, mode=0o644, uid=0, gid=0, dir_mode=0o755,
+              parent_mode=None):
+        """Create or replace a regular file; create missing directories.
+
+        Directories it creates get ``dir_mode`` and owner 0:0; with
+        ``parent_mode`` the file's directory gets that mode and 0:0 too.
+        """
+        parts = self._checked.pop(path, None) or self.check_path(path)
         script = []
         for p, kind in parts[:-1]:
             if kind is None:
@@ -142,37 +165,25 @@ class GuestFS(object):
                            'sif %s mode 0%o' % (p, 0o40000 | dir_mode),
                            'sif %s uid 0' % p, 'sif %s gid 0' % p]
         parent, name = os.path.split(path)
+        if parent_mode is not None:
+            script += ['sif %s mode 0%o' % (parent, 0o40000 | parent_mode),
+                       'sif %s uid 0' % parent, 'sif %s gid 0' % parent]
+        if parts[-1][1] == 'file':
+            script.append('rm %s' % path)
         stage = staging_dir()
         try:
             src = os.path.join(stage, 'f0')
             with open(src, 'wb') as f:
                 f.write(data)
-            if parts[-1][1] == 'file':
-                script.append('rm %s' % path)
             script += ['cd %s' % parent,
                        'write %s %s' % (src, name),
                        'sif %s mode 0%o' % (name, 0o100000 | mode),
                        'sif %s uid %d' % (name, uid),
                        'sif %s gid %d' % (name, gid)]
-            _out, errors = self.debugfs('\n'.join(script) + '\n', write=True,
-                                        what=path)
+            _out, errors = self.debugfs('\n'.join(script) + '\n',
+                                        write=True, what=path)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
-        if errors:
-            self._fail(path, '; '.join(errors))
-
-    def set_dir(self, path, mode, uid=0, gid=0):
-        """Create directory ``path`` if needed; set its mode and owner."""
-        parts = self.check_path(path + '/x')[:-1]
-        script = []
-        for p, kind in parts:
-            if kind is None:
-                script.append('mkdir %s' % p)
-        script += ['sif %s mode 0%o' % (path, 0o40000 | mode),
-                   'sif %s uid %d' % (path, uid),
-                   'sif %s gid %d' % (path, gid)]
-        _out, errors = self.debugfs('\n'.join(script) + '\n', write=True,
-                                    what=path)
         if errors:
             self._fail(path, '; '.join(errors))
 
@@ -187,7 +198,6 @@ def inject_key(fs, key):
         raise exception.InjectionFailed(instance=fs.instance, what='SSH key',
                                         reason="not a single-line key")
     path = '/root/.ssh/authorized_keys'
-    fs.set_dir('/root/.ssh', 0o700)
     current = (fs.read(path) or b'').decode('utf-8', 'replace')
     if key in (line.strip() for line in current.splitlines()):
         LOG.debug("Instance %s: key already in %s", fs.instance, path)
@@ -195,7 +205,7 @@ def inject_key(fs, key):
     if current and not current.endswith('\n'):
         current += '\n'
     fs.write(path, (current + KEY_MARKER + '\n' + key + '\n').encode(),
-             mode=0o600)
+             mode=0o600, dir_mode=0o700, parent_mode=0o700)
     return True
 
 

@@ -58,6 +58,24 @@ def _qemu_img_info(path, fmt, image, conf):
     return json.loads(out)
 
 
+def recheck(path, claimed, image):
+    """Re-inspect a base already in the cache (headers only, in-process).
+
+    The full check, qemu-img included, ran when the base was fetched; this
+    catches a base that entered the cache under older rules
+    (CVE-2024-40767) without a qemu-img run on every spawn.
+    """
+    try:
+        inspector = format_inspector.detect_file_format(path)
+    except format_inspector.ImageFormatError as e:
+        raise exception.UnsafeImage(image=image,
+                                    reason="ambiguous format: %s" % e)
+    detected = str(inspector) if inspector else 'raw'
+    if detected not in _ALLOWED_CONTENT[claimed]:
+        raise exception.ImageFormatMismatch(image=image, claimed=claimed,
+                                            detected=detected)
+
+
 def inspect(path, claimed, image, conf):
     """Check ``path`` claimed to be ``claimed``; return an Inspection.
 

@@ -95,7 +95,8 @@ def customise(target, req, conf):
     is_ext = fstype in grow.EXT_TYPES
     grown = False
     if conf.amiboot.grow_filesystem:
-        grown = grow.grow(target, instance=req.name, image=req.image_id)
+        grown = grow.grow(target, instance=req.name, image=req.image_id,
+                          fstype=fstype)
     wants = [w for w, v in (('SSH key', req.key and conf.amiboot.inject_key),
                             ('password', req.password
                              and conf.amiboot.inject_password),
