@@ -134,7 +134,7 @@ def _stop_daemon(pid, mnt, timeout):
         pass
     deadline = time.monotonic() + timeout
     while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.002)
     if _alive(pid):
         LOG.warning("qemu-storage-daemon %d ignored SIGTERM; killing it", pid)
         os.kill(pid, signal.SIGKILL)

@@ -14,6 +14,16 @@ from nova_amiboot import exception
 LOG = logging.getLogger(__name__)
 
 
+def _ignore_libvirt_errors(_ctx, _err):
+    # libvirt prints every error to stderr by default, including the
+    # "no domain" that lookup() turns into None; real errors reach the
+    # caller as libvirtError anyway.
+    pass
+
+
+libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
+
+
 class GuestError(exception.AmibootException):
     msg_fmt = "Guest %(name)s: %(reason)s"
 
