@@ -58,29 +58,10 @@ def _qemu_img_info(path, fmt, image, conf):
     return json.loads(out)
 
 
-def recheck(path, claimed, image):
-    """Re-inspect a base already in the cache (headers only, in-process).
+def _detect(path, claimed, image):
+    """The content's format per format_inspector, if ``claimed`` admits it.
 
-    The full check, qemu-img included, ran when the base was fetched; this
-    catches a base that entered the cache under older rules
-    (CVE-2024-40767) without a qemu-img run on every spawn.
-    """
-    try:
-        inspector = format_inspector.detect_file_format(path)
-    except format_inspector.ImageFormatError as e:
-        raise exception.UnsafeImage(image=image,
-                                    reason="ambiguous format: %s" % e)
-    detected = str(inspector) if inspector else 'raw'
-    if detected not in _ALLOWED_CONTENT[claimed]:
-        raise exception.ImageFormatMismatch(image=image, claimed=claimed,
-                                            detected=detected)
-
-
-def inspect(path, claimed, image, conf):
-    """Check ``path`` claimed to be ``claimed``; return an Inspection.
-
-    ``claimed`` is the image's disk_format (ami, aki, ari, raw or qcow2).
-    Raises an UnsafeImage subclass naming ``image`` on any refusal.
+    Returns (inspector or None, detected format name).
     """
     if claimed not in _ALLOWED_CONTENT:
         raise exception.InvalidImage(
@@ -94,12 +75,30 @@ def inspect(path, claimed, image, conf):
     detected = str(inspector) if inspector else 'raw'
     if detected not in _ALLOWED_CONTENT[claimed]:
         if claimed == 'ami' and detected == 'gpt':
-            raise exception.ImageFormatMismatch(
-                image=image, claimed=claimed,
-                detected="a whole disk with a partition table (an AMI is a "
-                         "bare filesystem)")
+            detected = ("a whole disk with a partition table (an AMI is a "
+                        "bare filesystem)")
         raise exception.ImageFormatMismatch(image=image, claimed=claimed,
                                             detected=detected)
+    return inspector, detected
+
+
+def recheck(path, claimed, image):
+    """Re-inspect a base already in the cache (headers only, in-process).
+
+    The full check, qemu-img included, ran when the base was fetched; this
+    catches a base that entered the cache under older rules
+    (CVE-2024-40767) without a qemu-img run on every spawn.
+    """
+    _detect(path, claimed, image)
+
+
+def inspect(path, claimed, image, conf):
+    """Check ``path`` claimed to be ``claimed``; return an Inspection.
+
+    ``claimed`` is the image's disk_format (ami, aki, ari, raw or qcow2).
+    Raises an UnsafeImage subclass naming ``image`` on any refusal.
+    """
+    inspector, detected = _detect(path, claimed, image)
     if claimed != 'aki':
         # The kernel's boot sector trips the MBR check although QEMU never
         # reads it as a disk (and 'aki' admits no container format);
