@@ -26,6 +26,7 @@ from oslo_concurrency import processutils
 from oslo_log import log as logging
 
 from nova_amiboot import exception
+from nova_amiboot.privileged import nbd as priv_nbd
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ class Target(object):
 
     def run(self, tool, args, ok_codes=(0,), process_input=None):
         if self.method == 'nbd':
-            from nova_amiboot.privileged import nbd as priv_nbd
             try:
                 return priv_nbd.run_e2fs(tool, self.path, list(args),
                                          ok_codes=tuple(ok_codes),
@@ -169,7 +169,6 @@ def _free_nbd_devices():
 
 @contextlib.contextmanager
 def _nbd(disk, fmt, timeout):
-    from nova_amiboot.privileged import nbd as priv_nbd
     for device in _free_nbd_devices():
         # Two spawns must not pick the same device (LP#1207422): take the
         # device's lock, then look again.

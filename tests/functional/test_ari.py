@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -31,7 +32,7 @@ class TestARIBuilder(unittest.TestCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp()
-        self.addCleanup(subprocess.run, ['rm', '-rf', self.tmp])
+        self.addCleanup(shutil.rmtree, self.tmp, True)
 
     def test_load_order_follows_modinfo_depends(self):
         index = ari.ModuleIndex(self.mdir)
