@@ -89,14 +89,17 @@ def fetch_triplet(cache, image_id):
     return ami, root, kernel, ramdisk
 
 
-def customise(target, req, conf):
-    """Grow and inject on an attached disk; return True if grown."""
-    fstype = grow.fs_type(target)
+def customise(target, req, conf, facts):
+    """Grow and inject on an attached disk; return True if grown.
+
+    ``facts``: grow.base_facts() of the base the disk was made from.
+    """
+    fstype = facts['fstype']
     is_ext = fstype in grow.EXT_TYPES
     grown = False
     if conf.amiboot.grow_filesystem:
         grown = grow.grow(target, instance=req.name, image=req.image_id,
-                          fstype=fstype)
+                          fstype=fstype, checked=facts['clean'])
     wants = [w for w, v in (('SSH key', req.key and conf.amiboot.inject_key),
                             ('password', req.password
                              and conf.amiboot.inject_password),
@@ -134,6 +137,7 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
         req.boot_params, conf.amiboot.allowed_boot_params,
         instance=req.name)
     _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id)
+    facts = grow.base_facts(root.path, conf)
     timings['fetch'] = time.monotonic() - t0
 
     idir = os.path.join(cache.instances_path, req.uuid)
@@ -147,7 +151,7 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
         timings['disk'] = time.monotonic() - t
         t = time.monotonic()
         with attach.attached(disk, fmt, conf, method=attach_method) as tg:
-            grown = customise(tg, req, conf)
+            grown = customise(tg, req, conf, facts)
         timings['customise'] = time.monotonic() - t
         kpath = os.path.join(idir, 'kernel')
         rpath = os.path.join(idir, 'ramdisk')

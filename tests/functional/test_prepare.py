@@ -82,6 +82,46 @@ class TestPrepare(base.RealToolsTestCase):
                              os.stat(getattr(p, part)).st_ino)
         self.assertIn('<kernel>%s</kernel>' % p.kernel, p.xml)
 
+    def last_checked(self, target):
+        out = target.run('dumpe2fs', ['-h'])[0]
+        return [line for line in out.splitlines()
+                if line.startswith('Last checked:')][0]
+
+    def test_clean_base_is_checked_once(self):
+        img = self.scratch('old-check.img')
+        shutil.copyfile(self.testbed['root'], img)
+        self.run_cmd('debugfs', '-w', '-R', 'ssv lastcheck 20000101', img)
+        ami, _a, _r = self.add_triplet(root=img)
+        p = self.prepare(self.request(ami.id))
+        with self.guest(p) as tg:
+            # No e2fsck ran on the instance disk: the base's stamp stands.
+            self.assertIn('2000', self.last_checked(tg))
+        base_path = self.make_cache().path_for(ami.id)
+        self.assertEqual({'fstype': 'ext4', 'clean': True},
+                         grow.base_facts(base_path, self.conf))
+        self.assertIn(b'"clean": true',
+                      os.getxattr(base_path, 'user.amiboot.fs'))
+
+    def test_base_needing_repair_is_fixed_per_instance(self):
+        img = self.scratch('dirty.img')
+        shutil.copyfile(self.testbed['root'], img)
+        # A wrong free blocks count: e2fsck -n lets it pass, -p repairs it.
+        self.run_cmd('debugfs', '-w', '-R', 'ssv free_blocks_count 123', img)
+        self.run_cmd('debugfs', '-w', '-R', 'ssv lastcheck 20000101', img)
+        ami, _a, _r = self.add_triplet(root=img)
+        p = self.prepare(self.request(ami.id))
+        base_path = self.make_cache().path_for(ami.id)
+        self.assertEqual({'fstype': 'ext4', 'clean': False},
+                         grow.base_facts(base_path, self.conf))
+        self.assertTrue(p.grown)
+        with self.guest(p) as tg:
+            # e2fsck ran on the instance disk itself ...
+            self.assertNotIn('2000', self.last_checked(tg))
+            # ... and left nothing to repair.
+            tg.run('e2fsck', ['-fp'])
+        # The repair went into the overlay; the shared base is untouched.
+        self.run_cmd('cmp', img, base_path)
+
     def test_existing_keys_kept_and_appended(self):
         def populate(tree):
             os.makedirs(os.path.join(tree, 'root/.ssh'))
