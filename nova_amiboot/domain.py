@@ -165,8 +165,10 @@ def build_domain_xml(spec):
                       for h, g in net.hostfwd)
         mac = net.mac or '52:54:00:12:34:56'
         cl = etree.SubElement(dom, '{%s}commandline' % QEMU_NS)
+        # A fixed high slot: libvirt assigns its own devices from slot 2 up
+        # and does not know about this one.
         for arg in ('-netdev', 'user,id=amibootnet0' + fwd,
-                    '-device', 'virtio-net-pci,netdev=amibootnet0,mac=%s'
-                    % mac):
+                    '-device', 'virtio-net-pci,netdev=amibootnet0,mac=%s,'
+                    'bus=pci.0,addr=0x1e' % mac):
             etree.SubElement(cl, '{%s}arg' % QEMU_NS, value=arg)
     return etree.tostring(dom, pretty_print=True, encoding='unicode')

@@ -116,3 +116,29 @@ class ModuleNotFound(AmibootException):
 
 class ARIBuildFailed(AmibootException):
     msg_fmt = "Cannot build the ramdisk: %(reason)s"
+
+
+# --- the embedded default (amiboot command) --------------------------------
+
+class ImageExists(AmibootException):
+    msg_fmt = "An image named %(name)s exists already (%(id)s)."
+
+
+class ImageInUse(AmibootException):
+    msg_fmt = "Image %(image)s is used by instance(s) %(instances)s."
+
+
+class InstanceNotFound(AmibootException):
+    msg_fmt = "No instance named %(name)s."
+
+
+class InstanceExists(AmibootException):
+    msg_fmt = "An instance named %(name)s exists already."
+
+
+class FlavorNotFound(AmibootException):
+    msg_fmt = "No flavor named %(name)s (see 'amiboot flavor list')."
+
+
+class InvalidInput(AmibootException):
+    msg_fmt = "%(reason)s"

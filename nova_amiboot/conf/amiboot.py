@@ -125,7 +125,30 @@ emulation (TCG) for hosts without usable hardware virtualisation.
 """),
 ]
 
-ALL_OPTS = cache_opts + disk_opts + inject_opts + boot_opts
+cli_opts = [
+    cfg.ListOpt('flavors',
+                default=[],
+                item_type=cfg.types.String(),
+                help="""
+Flavors of the ``amiboot`` command besides the built-in m1.tiny to m1.large,
+each ``NAME:ROOT_GB:MEMORY_MB:VCPUS`` (for example ``lab.big:40:4096:2``).
+A flavor here replaces a built-in one of the same name.
+"""),
+    cfg.StrOpt('ready_pattern',
+               default=r'login: |AMIBOOT-REPORT-END',
+               help="""
+Regular expression that ``amiboot boot --wait`` looks for on the serial
+console to call a guest up. The default matches a getty login prompt and the
+report line of the project's test images.
+"""),
+    cfg.IntOpt('boot_timeout',
+               default=300, min=1,
+               help="""
+Seconds ``amiboot boot --wait`` waits for the ready pattern.
+"""),
+]
+
+ALL_OPTS = cache_opts + disk_opts + inject_opts + boot_opts + cli_opts
 
 
 def register_opts(conf):

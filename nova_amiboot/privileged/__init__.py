@@ -19,3 +19,21 @@ nbd_pctxt = priv_context.PrivContext(
     # owned) for e2fsprogs.
     capabilities=[caps.CAP_SYS_ADMIN, caps.CAP_DAC_OVERRIDE],
 )
+
+net_pctxt = priv_context.PrivContext(
+    'nova_amiboot',
+    cfg_section='nova_amiboot_privileged_net',
+    pypath=__name__ + '.net_pctxt',
+    # Bridges and taps only.
+    capabilities=[caps.CAP_NET_ADMIN],
+)
+
+
+def run_in_process():
+    """Run the entrypoints in this process (it is root already).
+
+    For the ``amiboot`` command and tests run as root: a privsep daemon
+    would add a process and no separation.
+    """
+    for ctx in (nbd_pctxt, net_pctxt):
+        ctx.set_client_mode(False)

@@ -1,0 +1,93 @@
+"""Linux bridges and tap devices through pyroute2, with CAP_NET_ADMIN.
+
+Every call takes ``netns``: None is the host's namespace, a name is one
+made with ``ip netns add`` (the tests use their own).
+"""
+
+import contextlib
+import re
+
+from pyroute2 import IPRoute
+from pyroute2 import NetNS
+
+import nova_amiboot.privileged
+
+_NAME = re.compile(r'^[A-Za-z0-9_.-]{1,15}$')
+
+
+def _check(name):
+    if not _NAME.match(name or ''):
+        raise ValueError("bad interface name %r" % name)
+
+
+@contextlib.contextmanager
+def _ipr(netns):
+    ipr = NetNS(netns) if netns else IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _index(ipr, name):
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+@nova_amiboot.privileged.net_pctxt.entrypoint
+def ensure_bridge(bridge, netns=None):
+    """Create ``bridge`` unless it exists; bring it up. Returns created."""
+    _check(bridge)
+    with _ipr(netns) as ipr:
+        created = False
+        if _index(ipr, bridge) is None:
+            ipr.link('add', ifname=bridge, kind='bridge')
+            created = True
+        ipr.link('set', index=_index(ipr, bridge), state='up')
+        return created
+
+
+@nova_amiboot.privileged.net_pctxt.entrypoint
+def add_tap(tap, bridge, mac=None, netns=None):
+    """A persistent tap enslaved to ``bridge``, up."""
+    _check(tap)
+    _check(bridge)
+    with _ipr(netns) as ipr:
+        master = _index(ipr, bridge)
+        if master is None:
+            raise ValueError("no bridge %s" % bridge)
+        if _index(ipr, tap) is None:
+            ipr.link('add', ifname=tap, kind='tuntap', mode='tap')
+        ipr.link('set', index=_index(ipr, tap), master=master, state='up')
+
+
+@nova_amiboot.privileged.net_pctxt.entrypoint
+def delete_link(name, netns=None):
+    """Remove an interface; a missing one is fine. Returns removed."""
+    _check(name)
+    with _ipr(netns) as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            return False
+        ipr.link('del', index=idx)
+        return True
+
+
+@nova_amiboot.privileged.net_pctxt.entrypoint
+def link_info(name, netns=None):
+    """{'kind', 'master', 'state'} of an interface, or None."""
+    _check(name)
+    with _ipr(netns) as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            return None
+        link = ipr.get_links(idx)[0]
+        linkinfo = link.get_attr('IFLA_LINKINFO')
+        master = link.get_attr('IFLA_MASTER')
+        master_name = (ipr.get_links(master)[0].get_attr('IFLA_IFNAME')
+                       if master else None)
+        return {'kind': linkinfo.get_attr('IFLA_INFO_KIND')
+                if linkinfo else None,
+                'master': master_name,
+                'state': link.get_attr('IFLA_OPERSTATE'),
+                'up': bool(link['flags'] & 1)}
