@@ -245,8 +245,11 @@ def cmd_delete(cloud, args):
 
 def cmd_cache_list(cloud, args):
     rows = cloud.cache.list()
+    names = {i.uuid: i.name for i in cloud.list_instances()}
     for r in rows:
-        r['users'] = ' '.join(os.path.basename(u) for u in r['users'])
+        r['users'] = ' '.join(names.get(os.path.basename(u),
+                                        os.path.basename(u))
+                              for u in r['users'])
     emit(args, rows, ['path', 'size', 'disk_usage', 'age', 'users'])
 
 
@@ -391,6 +394,8 @@ def main(argv=None):
     try:
         conf = make_conf(args.config_file)
         conf.set_override('debug', args.debug)
+        # Warnings, and with --debug everything, go to the terminal.
+        conf.set_override('use_stderr', True)
         logging.setup(conf, 'amiboot')
         if not args.debug:
             std_logging.getLogger().setLevel(std_logging.WARNING)

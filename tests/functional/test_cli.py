@@ -1,0 +1,240 @@
+"""The amiboot command against the real libvirtd, QEMU and e2fsprogs."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+
+from nova_amiboot import guest
+from tests.functional import base
+from tests.testbed import report
+
+AMIBOOT = os.path.join(os.path.dirname(sys.executable), 'amiboot')
+
+
+class CliTestCase(base.RealToolsTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.state = self.scratch('state')
+        os.makedirs(self.state)
+        self.config = self.scratch('amiboot.conf')
+        with open(self.config, 'w') as f:
+            f.write('[amiboot]\nvirt_type = qemu\n'
+                    'flavors = lab.small:2:256:1\n')
+        self.host = guest.Host()
+        self.addCleanup(self.host.close)
+        self.names = []
+        self.addCleanup(self._remove_domains)
+        keydir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, keydir)
+        self.key = os.path.join(keydir, 'id_ed25519')
+        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '',
+                        '-C', 'cli@test', '-f', self.key], check=True)
+
+    def _remove_domains(self):
+        for name in self.names:
+            self.host.destroy('amiboot-' + name)
+
+    def amiboot(self, *args, ok=True):
+        p = subprocess.run([AMIBOOT, '--state-dir', self.state,
+                            '--config-file', self.config] + list(args),
+                           capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL)
+        if ok and p.returncode != 0:
+            self.fail("amiboot %s failed (%d): %s" % (' '.join(args),
+                                                     p.returncode, p.stderr))
+        return p
+
+    def json(self, *args):
+        return json.loads(self.amiboot('--format', 'json', *args).stdout)
+
+    def error(self, *args):
+        p = self.amiboot(*args, ok=False)
+        self.assertEqual(1, p.returncode, p.stdout + p.stderr)
+        lines = p.stderr.strip().splitlines()
+        self.assertEqual(1, len(lines), p.stderr)
+        self.assertTrue(lines[0].startswith('amiboot: error: '), lines[0])
+        self.assertNotIn('Traceback', p.stderr)
+        return lines[0]
+
+    def import_testbed(self, name='tb', *extra):
+        tb = self.testbed
+        return self.json('image', 'import', name, '--kernel', tb['kernel'],
+                         '--ramdisk', tb['ramdisk'], '--root', tb['root'],
+                         *extra)
+
+    def state_snapshot(self):
+        files = []
+        for dirpath, _dirs, names in os.walk(self.state):
+            for n in names:
+                p = os.path.join(dirpath, n)
+                files.append((os.path.relpath(p, self.state),
+                              os.path.getsize(p)))
+        return sorted(files)
+
+    def boot(self, name, *args):
+        self.names.append(name)
+        return self.json('boot', name, *args)
+
+
+class TestImages(CliTestCase):
+
+    def test_import_records_what_glance_would(self):
+        ami = self.import_testbed('tb', '--property',
+                                  'os_command_line=root=/dev/vda ro')
+        self.assertEqual('ami', ami['disk_format'])
+        self.assertEqual('ami', ami['container_format'])
+        self.assertEqual(os.path.getsize(self.testbed['root']), ami['size'])
+        self.assertEqual('sha512', ami['os_hash_algo'])
+        self.assertEqual(32, len(ami['checksum']))
+        self.assertEqual('root=/dev/vda ro', ami['os_command_line'])
+        kernel = self.json('image', 'show', ami['kernel_id'])
+        self.assertEqual(('tb-kernel', 'aki'), (kernel['name'],
+                                                kernel['disk_format']))
+        ramdisk = self.json('image', 'show', 'tb-ramdisk')
+        self.assertEqual(ami['ramdisk_id'], ramdisk['id'])
+        names = [i['name'] for i in self.json('image', 'list')]
+        self.assertEqual(['tb', 'tb-kernel', 'tb-ramdisk'], names)
+        table = self.amiboot('image', 'list').stdout
+        self.assertIn('tb-kernel', table)
+
+    def test_duplicate_and_unsafe_imports_change_nothing(self):
+        self.import_testbed()
+        before = self.state_snapshot()
+        msg = self.error('image', 'import', 'tb', '--kernel',
+                         self.testbed['kernel'], '--ramdisk',
+                         self.testbed['ramdisk'], '--root',
+                         self.testbed['root'])
+        self.assertIn('tb', msg)
+        self.assertIn('exists already', msg)
+        qcow = self.scratch('evil.qcow2')
+        subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F',
+                        'raw', '-b', '/etc/shadow', qcow, '64M'], check=True)
+        msg = self.error('image', 'import', 'evil', '--kernel',
+                         self.testbed['kernel'], '--ramdisk',
+                         self.testbed['ramdisk'], '--root', qcow)
+        self.assertIn('evil', msg)
+        self.assertIn('qcow2', msg)
+        msg = self.error('image', 'import', 'evil2', '--kernel', qcow,
+                         '--ramdisk', self.testbed['ramdisk'], '--root',
+                         self.testbed['root'])
+        self.assertIn('evil2-kernel', msg)
+        msg = self.error('image', 'import', 'evil3', '--kernel',
+                         self.testbed['kernel'], '--ramdisk',
+                         self.testbed['ramdisk'], '--root', '/nonexistent')
+        self.assertIn('/nonexistent', msg)
+        self.assertEqual(before, self.state_snapshot())
+
+    def test_unknown_image(self):
+        self.assertIn('no-such', self.error('image', 'show', 'no-such'))
+        self.assertIn('no-such', self.error('boot', 'x', '--image',
+                                            'no-such'))
+
+    def test_build_ami_and_ari(self):
+        tree = self.scratch('tree')
+        os.makedirs(os.path.join(tree, 'etc'))
+        with open(os.path.join(tree, 'etc/hostname'), 'w') as f:
+            f.write('built\n')
+        out = self.scratch('built.img')
+        res = self.json('image', 'build-ami', '--from-dir', tree, out)
+        self.assertEqual(os.path.getsize(out), res['size'])
+        info = self.run_cmd('dumpe2fs', '-h', out)
+        self.assertIn('Block size:               4096', info)
+        self.assertIn('cloudimg-rootfs', info)
+        self.assertEqual('built\n', self.run_cmd('debugfs', '-R',
+                                                 'cat /etc/hostname', out))
+        self.assertIn('exists already', self.error(
+            'image', 'build-ami', '--from-dir', tree, out))
+        ari_out = self.scratch('ari.img')
+        res = self.json('image', 'build-ari', '--kernel-package',
+                        self.testbed['kernel_package'], ari_out)
+        self.assertEqual(self.testbed['modules'], res['modules'])
+
+    def test_flavors(self):
+        flavors = {f['name']: f for f in self.json('flavor', 'list')}
+        self.assertEqual({'name': 'm1.tiny', 'root_gb': 1, 'memory_mb': 512,
+                          'vcpus': 1}, flavors['m1.tiny'])
+        self.assertIn('m1.large', flavors)
+        self.assertEqual(2, flavors['lab.small']['root_gb'])
+
+
+class TestInstances(CliTestCase):
+
+    def test_boot_wait_console_lifecycle(self):
+        ami = self.import_testbed()
+        nonce = uuid.uuid4().hex[:8]
+        udata = self.scratch('user-data')
+        with open(udata, 'w') as f:
+            f.write('#cloud-config\nbootparams=amiboot.ud=%s\n' % nonce)
+        inst = self.boot('vm1', '--image', 'tb', '--flavor', 'lab.small',
+                         '--key-file', self.key + '.pub', '--boot-param',
+                         'quiet', '--user-data', udata, '--wait')
+        self.assertEqual('stopped' if inst['wait'] == 'stopped' else
+                         'ready', inst['wait'])
+        self.assertEqual(ami['id'], inst['image_id'])
+        # The console is kept after the guest powered off.
+        console = self.amiboot('console', 'vm1').stdout
+        rep = report.parse(console)
+        self.assertIn('quiet', rep['cmdline'].split())
+        self.assertIn('amiboot.ud=%s' % nonce, rep['cmdline'].split())
+        with open(self.key + '.pub') as f:
+            self.assertIn(f.read().strip(),
+                          rep['authorized_keys'].splitlines())
+        self.assertEqual('vm1', rep['hostname'])
+        self.assertGreater(int(rep['root_df_kb'].split()[0]), 1900000)
+        listing = self.json('list')
+        self.assertEqual(['vm1'], [i['name'] for i in listing])
+        self.assertTrue(listing[0]['ssh'].startswith('127.0.0.1:'))
+        # The image cannot go while vm1 uses it.
+        before = self.state_snapshot()
+        self.assertIn('vm1', self.error('image', 'delete', 'tb'))
+        self.assertEqual(before, self.state_snapshot())
+        self.assertIn('exists already', self.error(
+            'boot', 'vm1', '--image', 'tb'))
+        # start runs it again (the test image reports and powers off).
+        self.json('stop', 'vm1')
+        self.json('start', 'vm1')
+        cache = self.json('cache', 'list')
+        self.assertEqual(3, len(cache))
+        self.assertEqual(['vm1'] * 3, [c['users'] for c in cache])
+        self.assertIn('vm1', self.amiboot('cache', 'list').stdout)
+        self.amiboot('delete', 'vm1')
+        self.assertIsNone(self.host.lookup('amiboot-vm1'))
+        self.assertEqual([], self.json('list'))
+        # Deleting an instance never removes a base; clean does.
+        self.assertEqual(3, len(self.json('cache', 'list')))
+        self.assertEqual([], self.json('cache', 'clean')['removed'])
+        self.assertEqual(3, len(self.json('cache', 'clean', '--min-age',
+                                          '0')['removed']))
+        self.assertEqual(3, len(self.json('image', 'delete', 'tb')
+                                ['deleted']))
+
+    def test_refused_boots_leave_no_instance(self):
+        self.import_testbed()
+        before = self.state_snapshot()
+        msg = self.error('boot', 'vm2', '--image', 'tb', '--boot-param',
+                         'init=/bin/sh')
+        self.assertIn('init=/bin/sh', msg)
+        udata = self.scratch('ud')
+        with open(udata, 'w') as f:
+            f.write('bootparams=rd.break\n')
+        self.assertIn('rd.break', self.error('boot', 'vm2', '--image', 'tb',
+                                             '--user-data', udata))
+        self.assertIn('/missing.pub', self.error(
+            'boot', 'vm2', '--image', 'tb', '--key-file', '/missing.pub'))
+        self.assertIn('nope', self.error('boot', 'vm2', '--image', 'tb',
+                                         '--flavor', 'nope'))
+        self.assertIn('bad name', self.error(
+            'boot', 'bad name', '--image', 'tb'))
+        self.assertIn('vm2', self.error('show', 'vm2'))
+        self.assertEqual(before, self.state_snapshot())
+        self.assertIsNone(self.host.lookup('amiboot-vm2'))
+
+    def test_debug_shows_traceback(self):
+        p = self.amiboot('--debug', 'show', 'ghost', ok=False)
+        self.assertNotEqual(0, p.returncode)
+        self.assertIn('Traceback', p.stderr)
