@@ -45,8 +45,8 @@ class CliTestCase(base.RealToolsTestCase):
                            capture_output=True, text=True,
                            stdin=subprocess.DEVNULL)
         if ok and p.returncode != 0:
-            self.fail("amiboot %s failed (%d): %s" % (' '.join(args),
-                                                     p.returncode, p.stderr))
+            self.fail("amiboot %s failed (%d): %s"
+                      % (' '.join(args), p.returncode, p.stderr))
         return p
 
     def json(self, *args):

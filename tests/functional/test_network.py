@@ -1,0 +1,74 @@
+"""Bridges and taps through the pyroute2 wrapper, inside a network
+namespace this test creates; no traffic is sent anywhere."""
+
+import subprocess
+import unittest
+import uuid
+
+from nova_amiboot import embedded
+from nova_amiboot import privileged
+from nova_amiboot.privileged import net as priv_net
+from tests.functional import base
+
+
+class TestBridgeTap(unittest.TestCase):
+
+    def setUp(self):
+        privileged.run_in_process()
+        self.ns = 'amiboot-t-%s' % uuid.uuid4().hex[:8]
+        subprocess.run(['ip', 'netns', 'add', self.ns], check=True)
+        self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns])
+
+    def host_has(self, name):
+        return subprocess.run(['ip', 'link', 'show', name],
+                              capture_output=True).returncode == 0
+
+    def test_bridge_and_tap(self):
+        self.assertTrue(priv_net.ensure_bridge('brtest0', netns=self.ns))
+        self.assertFalse(priv_net.ensure_bridge('brtest0', netns=self.ns))
+        info = priv_net.link_info('brtest0', netns=self.ns)
+        self.assertEqual('bridge', info['kind'])
+        self.assertTrue(info['up'])
+        priv_net.add_tap('taptest0', 'brtest0', netns=self.ns)
+        info = priv_net.link_info('taptest0', netns=self.ns)
+        self.assertEqual('tun', info['kind'])
+        self.assertEqual('brtest0', info['master'])
+        self.assertTrue(info['up'])
+        # All of it lives in the test's namespace, none on the host.
+        self.assertFalse(self.host_has('brtest0'))
+        self.assertFalse(self.host_has('taptest0'))
+        self.assertTrue(priv_net.delete_link('taptest0', netns=self.ns))
+        self.assertFalse(priv_net.delete_link('taptest0', netns=self.ns))
+        self.assertIsNone(priv_net.link_info('taptest0', netns=self.ns))
+
+    def test_bad_names_and_missing_bridge(self):
+        for bad in ('', 'x' * 16, 'a b', '../x'):
+            self.assertRaises(ValueError, priv_net.ensure_bridge, bad,
+                              netns=self.ns)
+        self.assertRaises(ValueError, priv_net.add_tap, 'tapx', 'nobr',
+                          netns=self.ns)
+
+
+class TestCloudBridgeNetwork(base.RealToolsTestCase):
+
+    def setUp(self):
+        super().setUp()
+        privileged.run_in_process()
+        self.ns = 'amiboot-t-%s' % uuid.uuid4().hex[:8]
+        subprocess.run(['ip', 'netns', 'add', self.ns], check=True)
+        self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns])
+
+    def test_instance_network_spec(self):
+        cloud = embedded.LocalCloud(self.conf, self.scratch('state'),
+                                    netns=self.ns)
+        self.addCleanup(cloud.close)
+        inst_uuid = str(uuid.uuid4())
+        net, record = cloud._network('bridge:brlab', inst_uuid)
+        self.assertEqual('bridge', net.kind)
+        self.assertEqual(record['tap'], net.tap)
+        self.assertEqual('brlab', priv_net.link_info(
+            net.tap, netns=self.ns)['master'])
+        net, record = cloud._network('user', inst_uuid)
+        self.assertEqual(((record['ssh_port'], 22),), net.hostfwd)
+        self.assertRaises(embedded.exception.InvalidInput, cloud._network,
+                          'wifi', inst_uuid)
