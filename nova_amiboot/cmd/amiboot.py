@@ -220,11 +220,13 @@ def cmd_ssh(cloud, args):
         identity = candidate if os.path.exists(candidate) else None
     if identity:
         argv += ['-i', identity]
+    # Everything after the host is the remote command; ssh parses no
+    # options there.
     argv += ['%s@127.0.0.1' % args.user]
     command = list(args.command)
     if command and command[0] == '--':
         command = command[1:]
-    os.execvp('ssh', argv + (['--'] + command if command else []))
+    os.execvp('ssh', argv + command)
 
 
 def cmd_stop(cloud, args):
