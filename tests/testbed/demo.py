@@ -1,70 +1,65 @@
-"""The main job until the ``amiboot`` command exists.
+"""The main job: the ``amiboot`` command end to end on this host.
 
-Builds the test bed's triplet, puts it in a local image store, prepares an
-instance through the spawn pipeline (cache, qcow2 overlay, grow to a 1 GiB
-flavor, key injection), boots it through libvirt and prints the report the
-guest sends back from inside.
+Builds the test bed's triplet, imports it into amiboot's local image store,
+boots it with an SSH key on a 1 GiB flavor, waits for it and prints the
+report the guest sends from inside. Each amiboot command is shown as it
+runs, so this doubles as a walk-through.
 """
 
 import json
 import os
-import shutil
+import shlex
+import subprocess
 import sys
-import tempfile
 import time
-import uuid
 
-from oslo_config import cfg
-
-from nova_amiboot import cache as cache_mod
-from nova_amiboot.conf import amiboot as amiboot_conf
-from nova_amiboot import guest
-from nova_amiboot import images
-from nova_amiboot import spawn
-from tests.testbed import boot
 from tests.testbed import build
+from tests.testbed import report
 
-DEMO_KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDemoKeyOnly demo@amiboot'
+STATE = os.environ.get('AMIBOOT_DEMO_STATE', '/var/lib/amiboot-demo')
+# These machines cannot run KVM guests; a host that can may say kvm.
+VIRT_TYPE = os.environ.get('AMIBOOT_VIRT_TYPE', 'qemu')
+AMIBOOT = os.path.join(os.path.dirname(sys.executable), 'amiboot')
+
+
+def amiboot(*args, check=True):
+    argv = [AMIBOOT, '--state-dir', STATE, '--config-file',
+            os.path.join(STATE, 'amiboot.conf')] + list(args)
+    print('$ amiboot %s' % ' '.join(shlex.quote(a) for a in args))
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        sys.exit("demo failed: %s" % p.stderr.strip())
+    return p
 
 
 def main():
     t0 = time.monotonic()
     info = build.build()
-    print("triplet: kernel %s\n         ramdisk %s (loads %s)\n"
-          "         root %s" % (info['kernel'], info['ramdisk'],
-                                ' '.join(info['modules']), info['root']))
-    conf = cfg.ConfigOpts()
-    amiboot_conf.register_opts(conf)
-    conf([], default_config_files=[])
-    state = tempfile.mkdtemp(prefix='amiboot-demo-', dir='/var/tmp')
-    os.chmod(state, 0o755)
-    host = guest.Host()
-    try:
-        store = images.LocalImageStore(os.path.join(state, 'images'))
-        aki = store.add('demo-aki', info['kernel'], 'aki')
-        ari = store.add('demo-ari', info['ramdisk'], 'ari')
-        ami = store.add('demo-ami', info['root'], 'ami',
-                        {'kernel_id': aki.id, 'ramdisk_id': ari.id})
-        cache = cache_mod.ImageCache(os.path.join(state, 'instances'),
-                                     store, conf)
-        req = spawn.InstanceRequest(
-            uuid=str(uuid.uuid4()), name='amiboot-demo', image_id=ami.id,
-            flavor=spawn.Flavor('m1.demo', 1, 256, 1), key=DEMO_KEY,
-            hostname='amiboot-demo', boot_params=('amiboot.demo=1',))
-        prepared = spawn.prepare(conf, cache, req, virt_type='qemu')
-        print("prepared in %.3f s: %s"
-              % (prepared.timings['total'],
-                 ', '.join('%s %.3f s' % kv
-                           for kv in prepared.timings.items())))
-        t1 = time.monotonic()
-        rep, _text = boot.boot_prepared(host, prepared, req.name)
-    finally:
-        host.destroy('amiboot-demo')
-        host.close()
-        shutil.rmtree(state, ignore_errors=True)
-    print("guest booted and reported in %.1f s (whole job %.1f s):"
-          % (time.monotonic() - t1, time.monotonic() - t0))
+    os.makedirs(STATE, exist_ok=True)
+    with open(os.path.join(STATE, 'amiboot.conf'), 'w') as f:
+        f.write('[amiboot]\nvirt_type = %s\n' % VIRT_TYPE)
+    key = os.path.join(STATE, 'demo_key')
+    if not os.path.exists(key):
+        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C',
+                        'amiboot-demo', '-f', key], check=True)
+    # A rerun starts from a clean slate.
+    amiboot('delete', 'demo', check=False)
+    amiboot('image', 'delete', 'testbed', check=False)
+    amiboot('image', 'import', 'testbed', '--kernel', info['kernel'],
+            '--ramdisk', info['ramdisk'], '--root', info['root'])
+    t1 = time.monotonic()
+    p = amiboot('--format', 'json', 'boot', 'demo', '--image', 'testbed',
+                '--flavor', 'm1.tiny', '--key-file', key + '.pub',
+                '--boot-param', 'amiboot.demo=1', '--wait')
+    inst = json.loads(p.stdout)
+    booted = time.monotonic() - t1
+    print(amiboot('list').stdout)
+    rep = report.parse(amiboot('console', 'demo').stdout)
+    print("instance %s (%s) booted and reported in %.1f s; the guest says:"
+          % (inst['name'], inst['uuid'], booted))
     print(json.dumps(rep, indent=1, sort_keys=True))
+    amiboot('delete', 'demo')
+    print("whole job %.1f s" % (time.monotonic() - t0))
     return 0
 
 
