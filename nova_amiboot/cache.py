@@ -47,12 +47,15 @@ class CachedImage:
 
 class ImageCache(object):
 
-    def __init__(self, instances_path, source, conf):
+    def __init__(self, instances_path, source, conf, progress=None):
         self.instances_path = instances_path
         self.base_dir = os.path.join(instances_path, '_base')
         self.lock_path = os.path.join(instances_path, 'locks')
         self.source = source
         self.conf = conf
+        # progress(label, done, total): bytes fetched; total None when
+        # unknown. Conversions report (label, 0, None) when they start.
+        self.progress = progress
         os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
 
     def _lock(self, name):
@@ -100,6 +103,8 @@ class ImageCache(object):
             if info.format == 'qcow2':
                 # The base is always raw: the overlay's backing_fmt says so
                 # and nothing has to interpret qcow2 metadata again.
+                if self.progress:
+                    self.progress('converting %s to raw' % meta.id, 0, None)
                 utils.execute('qemu-img', 'convert', '-q', '-f', 'qcow2',
                               '-O', 'raw', '-S', '4k', tmp, conv)
                 os.unlink(tmp)
@@ -144,6 +149,8 @@ class ImageCache(object):
             for chunk in self.source.iter_data(meta.id):
                 f.write(chunk)
                 size += len(chunk)
+                if self.progress:
+                    self.progress('fetching %s' % meta.id, size, meta.size)
                 if hasher:
                     hasher.update(chunk)
                 if md5:

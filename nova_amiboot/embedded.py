@@ -114,7 +114,7 @@ class Instance:
 class LocalCloud(object):
 
     def __init__(self, conf, state_dir=None, uri='qemu:///system',
-                 netns=None):
+                 netns=None, progress=None):
         self.conf = conf
         self.state_dir = state_dir or default_state_dir()
         self.store = images.LocalImageStore(os.path.join(self.state_dir,
@@ -124,8 +124,9 @@ class LocalCloud(object):
         # QEMU runs as another user: it must reach kernel, disk and base.
         for d in (self.state_dir, self.instances_path):
             os.chmod(d, 0o755)
+        self.progress = progress
         self.cache = cache_mod.ImageCache(self.instances_path, self.store,
-                                          conf)
+                                          conf, progress=progress)
         self.host = guest.Host(uri)
         self.netns = netns
 
@@ -162,13 +163,16 @@ class LocalCloud(object):
             safety.inspect(path, fmt, label, self.conf)
         added = []
         try:
-            aki = self.store.add(names[1], kernel, 'aki')
+            aki = self.store.add(names[1], kernel, 'aki',
+                                 progress=self.progress)
             added.append(aki)
-            ari = self.store.add(names[2], ramdisk, 'ari')
+            ari = self.store.add(names[2], ramdisk, 'ari',
+                                 progress=self.progress)
             added.append(ari)
             props = dict(properties or {})
             props.update(kernel_id=aki.id, ramdisk_id=ari.id)
-            ami = self.store.add(name, root, root_format, props)
+            ami = self.store.add(name, root, root_format, props,
+                                 progress=self.progress)
             added.append(ami)
         except BaseException:
             for meta in added:

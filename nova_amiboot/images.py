@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import uuid
 
 from oslo_log import log as logging
@@ -68,6 +67,17 @@ def _file_hashes(path, algo='sha512'):
     return size, md5.hexdigest(), multi.hexdigest()
 
 
+def _copy(src, dst, progress, label):
+    total = os.path.getsize(src)
+    done = 0
+    with open(src, 'rb') as fin, open(dst, 'wb') as fout:
+        for chunk in iter(lambda: fin.read(CHUNK), b''):
+            fout.write(chunk)
+            done += len(chunk)
+            if progress:
+                progress(label, done, total)
+
+
 class LocalImageStore(ImageSource):
     """Images as files under one directory, with Glance-like metadata.
 
@@ -103,10 +113,12 @@ class LocalImageStore(ImageSource):
         return sorted((self.get_meta(n[:-5]) for n in os.listdir(self.path)
                        if n.endswith('.json')), key=lambda m: m.name)
 
-    def add(self, name, src, disk_format, properties=None, image_id=None):
+    def add(self, name, src, disk_format, properties=None, image_id=None,
+            progress=None):
         """Copy ``src`` in and record its metadata; return ImageMeta.
 
         Checks (format safety) belong to the caller, before this is called.
+        ``progress(label, done, total)`` is called as bytes are copied.
         """
         image_id = image_id or str(uuid.uuid4())
         container = disk_format if disk_format in ('ami', 'aki',
@@ -114,7 +126,7 @@ class LocalImageStore(ImageSource):
         dst = os.path.join(self.path, image_id)
         tmp = dst + '.part'
         try:
-            shutil.copyfile(src, tmp)
+            _copy(src, tmp, progress, 'importing %s' % name)
             size, md5, sha512 = _file_hashes(tmp)
             os.replace(tmp, dst)
         finally:

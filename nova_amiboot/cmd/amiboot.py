@@ -86,6 +86,33 @@ class Progress(object):
             sys.stderr.write('\n')
 
 
+class TransferBar(object):
+    """A progress bar for copies, downloads and conversions."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.label = None
+
+    def __call__(self, label, done, total):
+        if label != self.label and self.label is not None:
+            self.stream.write('\n')
+        self.label = label
+        if total:
+            width = 30
+            filled = int(width * done / total)
+            self.stream.write('\r%-40s [%s%s] %3d%%' % (
+                label[:40], '#' * filled, '.' * (width - filled),
+                100 * done // total))
+        else:
+            self.stream.write('\r%-40s ...' % label[:40])
+        self.stream.flush()
+
+    def close(self):
+        if self.label is not None:
+            self.stream.write('\n')
+            self.label = None
+
+
 # --- commands -----------------------------------------------------------
 
 def cmd_image_import(cloud, args):
@@ -161,6 +188,8 @@ def cmd_boot(cloud, args):
                       boot_params=args.boot_param or (),
                       user_data=user_data, network=args.network)
     if args.wait:
+        if cloud.progress:
+            cloud.progress.close()
         progress = Progress('waiting for %s' % args.name)
         try:
             outcome = cloud.wait_ready(inst, timeout=args.timeout,
@@ -403,10 +432,14 @@ def main(argv=None):
             std_logging.getLogger().setLevel(std_logging.WARNING)
         if os.geteuid() == 0:
             privileged.run_in_process()
-        cloud = embedded.LocalCloud(conf, args.state_dir, args.connect)
+        bar = TransferBar() if sys.stderr.isatty() else None
+        cloud = embedded.LocalCloud(conf, args.state_dir, args.connect,
+                                    progress=bar)
         try:
             args.func(cloud, args)
         finally:
+            if bar:
+                bar.close()
             cloud.close()
     except (exception.AmibootException, libvirt.libvirtError,
             OSError) as e:

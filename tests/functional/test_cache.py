@@ -55,6 +55,16 @@ class TestCache(base.RealToolsTestCase):
         c.fetch(ami.id)
         self.assertEqual(3, len(self.store.downloads()))
 
+    def test_progress_reports_bytes(self):
+        ami, _aki, _ari = self.add_triplet()
+        calls = []
+        c = cache_mod.ImageCache(self.instances, self.store, self.conf,
+                                 progress=lambda *a: calls.append(a))
+        c.fetch(ami.id)
+        self.assertEqual(('fetching %s' % ami.id, ami.size, ami.size),
+                         calls[-1])
+        self.assertEqual(sorted(calls, key=lambda a: a[1]), calls)
+
     def test_concurrent_spawns_download_once(self):
         ami, _aki, _ari = self.add_triplet()
         ctx = multiprocessing.get_context('fork')
