@@ -24,12 +24,15 @@ class Network:
     kind: 'user' (QEMU user-mode networking), 'bridge' or 'none'.
     hostfwd: for 'user', (host_port, guest_port) pairs forwarded from
     127.0.0.1 on the host.
+    passt: forward through libvirt's passt backend (libvirt >= 9.2 with
+    passt installed) instead of QEMU's own user-mode netdev.
     """
     kind: str = 'user'
     bridge: str = None
     tap: str = None
     mac: str = None
     hostfwd: tuple = ()
+    passt: bool = False
 
 
 @dataclasses.dataclass
@@ -96,7 +99,8 @@ QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
 def build_domain_xml(spec):
     """Return the domain XML (str) for a DomainSpec."""
     nsmap = {'qemu': QEMU_NS} if (spec.network.kind == 'user'
-                                  and spec.network.hostfwd) else None
+                                  and spec.network.hostfwd
+                                  and not spec.network.passt) else None
     dom = etree.Element('domain', {'type': spec.virt_type}, nsmap=nsmap)
     _sub(dom, 'name', spec.name)
     _sub(dom, 'uuid', spec.uuid)
@@ -137,11 +141,17 @@ def build_domain_xml(spec):
         if net.mac:
             _sub(iface, 'mac', address=net.mac)
         _sub(iface, 'model', type='virtio')
-    elif net.kind == 'user' and not net.hostfwd:
+    elif net.kind == 'user' and (net.passt or not net.hostfwd):
         iface = _sub(dev, 'interface', type='user')
+        if net.passt:
+            _sub(iface, 'backend', type='passt')
         if net.mac:
             _sub(iface, 'mac', address=net.mac)
         _sub(iface, 'model', type='virtio')
+        for host_port, guest_port in net.hostfwd:
+            fwd = _sub(iface, 'portForward', proto='tcp',
+                       address='127.0.0.1')
+            _sub(fwd, 'range', start=host_port, to=guest_port)
     elif net.kind != 'none' and net.kind != 'user':
         raise ValueError("unknown network kind %r" % net.kind)
 

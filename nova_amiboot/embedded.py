@@ -257,8 +257,11 @@ class LocalCloud(object):
             return domain.Network('none'), {'kind': 'none'}
         if spec == 'user':
             port = free_port()
-            return (domain.Network('user', hostfwd=((port, 22),), mac=mac),
-                    {'kind': 'user', 'ssh_port': port, 'mac': mac})
+            passt = self._has_passt()
+            return (domain.Network('user', hostfwd=((port, 22),), mac=mac,
+                                   passt=passt),
+                    {'kind': 'user', 'ssh_port': port, 'mac': mac,
+                     'backend': 'passt' if passt else 'slirp'})
         if spec.startswith('bridge:'):
             bridge = spec.split(':', 1)[1]
             tap = 'tap' + inst_uuid.replace('-', '')[:11]
@@ -270,6 +273,13 @@ class LocalCloud(object):
                      'mac': mac})
         raise exception.InvalidInput(
             reason="--network %r: use user, none or bridge:NAME" % spec)
+
+    def _has_passt(self):
+        # libvirt's passt backend (with portForward) came in 9.2; Debian
+        # 12's libvirt 9.0 lacks it, and there QEMU's own user-mode netdev
+        # forwards the port instead.
+        return (self.host.conn.getLibVersion() >= 9002000
+                and shutil.which('passt') is not None)
 
     def boot(self, name, image, flavor, key_file=None, boot_params=(),
              user_data=None, network='user', start=True):

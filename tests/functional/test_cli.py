@@ -213,6 +213,21 @@ class TestInstances(CliTestCase):
         self.assertEqual(3, len(self.json('image', 'delete', 'tb')
                                 ['deleted']))
 
+    def test_console_follow_until_the_guest_stops(self):
+        self.import_testbed()
+        self.boot('vm3', '--image', 'tb', '--network', 'none')
+        p = subprocess.run([AMIBOOT, '--state-dir', self.state,
+                            '--config-file', self.config, 'console', 'vm3',
+                            '--follow'], capture_output=True, text=True,
+                           timeout=180)
+        self.assertEqual(0, p.returncode, p.stderr)
+        # Followed from the first kernel line to the power-off.
+        self.assertIn('Linux version', p.stdout)
+        self.assertTrue(report.complete(p.stdout))
+        self.assertIn('reboot: Power down', p.stdout)
+        self.assertEqual('stopped', self.json('show', 'vm3')['state'])
+        self.assertEqual('none', self.json('show', 'vm3')['network']['kind'])
+
     def test_refused_boots_leave_no_instance(self):
         self.import_testbed()
         before = self.state_snapshot()

@@ -103,6 +103,19 @@ class TestDomainXML(unittest.TestCase):
                       args)
         self.assertIsNone(root.find('devices/interface'))
 
+    def test_user_network_through_passt(self):
+        net = domain.Network('user', hostfwd=((2222, 22),), passt=True)
+        root = etree.fromstring(domain.build_domain_xml(_spec(network=net)))
+        iface = root.find('devices/interface')
+        self.assertEqual('user', iface.get('type'))
+        self.assertEqual('passt', iface.find('backend').get('type'))
+        fwd = iface.find('portForward')
+        self.assertEqual(('tcp', '127.0.0.1'), (fwd.get('proto'),
+                                                fwd.get('address')))
+        self.assertEqual(('2222', '22'), (fwd.find('range').get('start'),
+                                          fwd.find('range').get('to')))
+        self.assertEqual([], list(root.iter('{%s}arg' % domain.QEMU_NS)))
+
     def test_bridge_network(self):
         net = domain.Network('bridge', bridge='br0', tap='tap1')
         root = etree.fromstring(domain.build_domain_xml(_spec(network=net)))
