@@ -300,7 +300,8 @@ class LocalCloud(object):
         try:
             net, net_record = self._network(network, inst_uuid)
             req = spawn.InstanceRequest(
-                uuid=inst_uuid, name=DOMAIN_PREFIX + name, image_id=meta.id,
+                uuid=inst_uuid, name=name, domain_name=DOMAIN_PREFIX + name,
+                image_id=meta.id,
                 flavor=flavor, key=key, hostname=name, user_data=user_data,
                 boot_params=tuple(params), network=net)
             prepared = spawn.prepare(self.conf, self.cache, req)

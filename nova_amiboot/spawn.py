@@ -51,6 +51,9 @@ class InstanceRequest:
     boot_params: tuple = ()
     network: domain.Network = dataclasses.field(
         default_factory=domain.Network)
+    # The libvirt domain's name when it differs from ``name`` (which
+    # errors and logs use).
+    domain_name: str = None
 
 
 @dataclasses.dataclass
@@ -159,7 +162,8 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
         _link_or_copy(ramdisk.path, rpath)
         log = os.path.join(idir, 'console.log')
         spec = domain.DomainSpec(
-            name=req.name, uuid=req.uuid, memory_mb=req.flavor.memory_mb,
+            name=req.domain_name or req.name, uuid=req.uuid,
+            memory_mb=req.flavor.memory_mb,
             vcpus=req.flavor.vcpus, kernel=kpath, initrd=rpath,
             cmdline=cmdline, disk_path=disk, disk_format=fmt,
             console_log=log,

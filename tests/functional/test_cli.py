@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 from nova_amiboot import guest
@@ -195,9 +196,16 @@ class TestInstances(CliTestCase):
         self.assertEqual(before, self.state_snapshot())
         self.assertIn('exists already', self.error(
             'boot', 'vm1', '--image', 'tb'))
-        # start runs it again (the test image reports and powers off).
-        self.json('stop', 'vm1')
+        # start runs it again (the test image reports and powers off): the
+        # console log, appended to, then holds a second report.
+        self.assertEqual('stopped', self.json('stop', 'vm1')['state'])
         self.json('start', 'vm1')
+        deadline = time.monotonic() + 120
+        while self.amiboot('console', 'vm1').stdout.count(
+                report.END) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+        self.assertEqual(2, self.amiboot('console', 'vm1').stdout.count(
+            report.END))
         cache = self.json('cache', 'list')
         self.assertEqual(3, len(cache))
         self.assertEqual(['vm1'] * 3, [c['users'] for c in cache])
@@ -234,6 +242,7 @@ class TestInstances(CliTestCase):
         msg = self.error('boot', 'vm2', '--image', 'tb', '--boot-param',
                          'init=/bin/sh')
         self.assertIn('init=/bin/sh', msg)
+        self.assertIn('Instance vm2:', msg)
         udata = self.scratch('ud')
         with open(udata, 'w') as f:
             f.write('bootparams=rd.break\n')
@@ -248,6 +257,10 @@ class TestInstances(CliTestCase):
         self.assertIn('vm2', self.error('show', 'vm2'))
         self.assertEqual(before, self.state_snapshot())
         self.assertIsNone(self.host.lookup('amiboot-vm2'))
+
+    def test_quiet_on_success(self):
+        p = self.amiboot('flavor', 'list')
+        self.assertEqual('', p.stderr)
 
     def test_debug_shows_traceback(self):
         p = self.amiboot('--debug', 'show', 'ghost', ok=False)
