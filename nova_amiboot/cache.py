@@ -141,35 +141,23 @@ class ImageCache(object):
         if algo and algo not in hashlib.algorithms_available:
             raise exception.ImageDownloadFailed(
                 image=meta.id, reason="unknown hash algorithm %s" % algo)
-        hasher = hashlib.new(algo) if algo else None
-        md5 = hashlib.md5(usedforsecurity=False) \
-            if meta.checksum and not algo else None
-        size = 0
-        with open(tmp, 'wb') as f:
-            for chunk in self.source.iter_data(meta.id):
-                f.write(chunk)
-                size += len(chunk)
-                if self.progress:
-                    self.progress('fetching %s' % meta.id, size, meta.size)
-                if hasher:
-                    hasher.update(chunk)
-                if md5:
-                    md5.update(chunk)
-        if meta.size is not None and size != meta.size:
-            raise exception.ImageSizeMismatch(image=meta.id, actual=size,
-                                              expected=meta.size)
-        if hasher and hasher.hexdigest() != meta.os_hash_value:
-            raise exception.ImageChecksumMismatch(
-                image=meta.id, algo=algo, actual=hasher.hexdigest(),
-                expected=meta.os_hash_value)
-        if md5 and md5.hexdigest() != meta.checksum:
-            raise exception.ImageChecksumMismatch(
-                image=meta.id, algo='md5', actual=md5.hexdigest(),
-                expected=meta.checksum)
-        if not hasher and not md5:
+        if not algo and not meta.checksum:
             raise exception.ImageDownloadFailed(
                 image=meta.id, reason="the image service gives no checksum "
                 "to verify it with")
+        with open(tmp, 'wb') as f:
+            writer = _HashingWriter(f, algo or 'md5', meta, self.progress)
+            self.source.download(meta.id, writer)
+        if meta.size is not None and writer.size != meta.size:
+            raise exception.ImageSizeMismatch(image=meta.id,
+                                              actual=writer.size,
+                                              expected=meta.size)
+        expected = meta.os_hash_value if algo else meta.checksum
+        actual = writer.hasher.hexdigest()
+        if actual != expected:
+            raise exception.ImageChecksumMismatch(
+                image=meta.id, algo=algo or 'md5', actual=actual,
+                expected=expected)
 
     # --- listing and ageing ------------------------------------------------
 
@@ -237,6 +225,26 @@ class ImageCache(object):
                 removed.append(p)
                 LOG.info("Removed unused cached image %s", p)
         return removed
+
+
+class _HashingWriter(object):
+    """A file wrapper that hashes, counts and reports what passes through."""
+
+    def __init__(self, f, algo, meta, progress):
+        self.f = f
+        self.hasher = hashlib.new(algo, usedforsecurity=False) \
+            if algo == 'md5' else hashlib.new(algo)
+        self.meta = meta
+        self.progress = progress
+        self.size = 0
+
+    def write(self, chunk):
+        self.f.write(chunk)
+        self.hasher.update(chunk)
+        self.size += len(chunk)
+        if self.progress:
+            self.progress('fetching %s' % self.meta.id, self.size,
+                          self.meta.size)
 
 
 def backing_file(disk):

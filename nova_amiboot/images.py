@@ -52,8 +52,8 @@ class ImageSource(abc.ABC):
         """Return ImageMeta or raise ImageNotFound."""
 
     @abc.abstractmethod
-    def iter_data(self, image_id):
-        """Yield the image's bytes in chunks."""
+    def download(self, image_id, fileobj):
+        """Write the image's bytes to ``fileobj`` (it has ``write``)."""
 
 
 def _file_hashes(path, algo='sha512'):
@@ -103,11 +103,11 @@ class LocalImageStore(ImageSource):
         except FileNotFoundError:
             raise exception.ImageNotFound(image=image_id, source=self.name)
 
-    def iter_data(self, image_id):
+    def download(self, image_id, fileobj):
         self.get_meta(image_id)
         with open(os.path.join(self.path, image_id), 'rb') as f:
             for chunk in iter(lambda: f.read(CHUNK), b''):
-                yield chunk
+                fileobj.write(chunk)
 
     def list(self):
         return sorted((self.get_meta(n[:-5]) for n in os.listdir(self.path)
