@@ -21,6 +21,7 @@ from oslo_log import log as logging
 from nova_amiboot.conf import CONF
 from nova_amiboot import domain
 from nova_amiboot import embedded
+from nova_amiboot.virt import errors
 from nova_amiboot.virt import imagebackend
 
 LOG = logging.getLogger(__name__)
@@ -59,12 +60,14 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def _create_image(self, context, instance, *args, **kwargs):
         if instance.kernel_id:
-            # Refuse a denied parameter before any download or disk work.
-            self._cmdline(instance, '')
-            cache = imagebackend.image_cache(context)
-            cache.fetch(instance.kernel_id, 'aki')
-            if instance.ramdisk_id:
-                cache.fetch(instance.ramdisk_id, 'ari')
+            with errors.as_nova_errors(instance.image_ref):
+                # Refuse a denied parameter before any download or disk
+                # work.
+                self._cmdline(instance, '')
+                cache = imagebackend.image_cache(context)
+                cache.fetch(instance.kernel_id, 'aki')
+                if instance.ramdisk_id:
+                    cache.fetch(instance.ramdisk_id, 'ari')
         return super()._create_image(context, instance, *args, **kwargs)
 
     def _set_guest_for_inst_kernel(self, instance, guest, inst_path,

@@ -16,6 +16,7 @@ from nova_amiboot.conf import CONF
 from nova_amiboot import disk as disk_mod
 from nova_amiboot import grow
 from nova_amiboot import spawn
+from nova_amiboot.virt import errors
 from nova_amiboot.virt import glance
 
 LOG = logging.getLogger(__name__)
@@ -44,10 +45,14 @@ class AmibootQcow2(imagebackend.Qcow2):
         if not self._is_ami_root(kwargs):
             return super().create_image(prepare_template, base, size,
                                         safe=safe, *args, **kwargs)
+        with errors.as_nova_errors(self.instance.image_ref):
+            self._create_ami_disk(kwargs['context'], size)
+
+    def _create_ami_disk(self, context, size):
         inst = self.instance
         # Same base path and lock as nova's Image.cache(): nova's image
         # cache manager sees this base as its own.
-        cache = image_cache(kwargs['context'])
+        cache = image_cache(context)
         root = cache.fetch(inst.image_ref, 'ami')
         size = size or root.virtual_size
         fmt = disk_mod.create(root.path, self.path, size, mode='overlay',
