@@ -1,0 +1,103 @@
+#!/bin/bash
+# devstack plugin for nova-amiboot: the AMI boot method for nova-compute.
+
+NOVA_AMIBOOT_PACKAGES="qemu-utils e2fsprogs fuse3 busybox-static cpio kmod"
+
+function install_nova_amiboot {
+    install_package $NOVA_AMIBOOT_PACKAGES
+    setup_develop $NOVA_AMIBOOT_DIR
+}
+
+function configure_nova_amiboot {
+    local conf
+    for conf in $NOVA_CONF $NOVA_CPU_CONF; do
+        [[ -f $conf ]] || continue
+        iniset $conf amiboot inject_key $NOVA_AMIBOOT_INJECT_KEY
+        iniset $conf amiboot allowed_boot_params \
+            "$NOVA_AMIBOOT_ALLOWED_BOOT_PARAMS"
+        iniset $conf libvirt images_type qcow2
+    done
+}
+
+# The stock nova-compute cannot load a driver from outside nova.virt, so
+# n-cpu is restarted through nova-compute-amiboot, which registers ours as
+# nova.virt.amiboot. Setting compute_driver before this point would make
+# n-cpu's first start fail.
+function start_nova_amiboot_compute {
+    local conf
+    for conf in $NOVA_CONF $NOVA_CPU_CONF; do
+        [[ -f $conf ]] && iniset $conf DEFAULT compute_driver \
+            $NOVA_AMIBOOT_DRIVER
+    done
+    stop_process n-cpu
+    run_process n-cpu \
+        "$NOVA_BIN_DIR/nova-compute-amiboot --config-file $NOVA_CPU_CONF" \
+        $LIBVIRT_GROUP
+}
+
+# A sample triplet from this host's kernel: the ARI and AMI come from the
+# project's own builders.
+function upload_nova_amiboot_sample {
+    local work=$NOVA_AMIBOOT_WORK
+    local kver
+    local tree=$work/rootfs
+    local aki_id
+    local ari_id
+    kver=$(uname -r)
+    sudo rm -rf $work
+    mkdir -p $tree/bin $tree/sbin $tree/etc $tree/dev $tree/proc \
+        $tree/sys $tree/root $tree/tmp
+    cp /bin/busybox $tree/bin/busybox
+    ln -s ../bin/busybox $tree/sbin/init
+    cat > $tree/etc/inittab <<INITTAB
+::sysinit:/bin/busybox mount -t proc proc /proc
+::respawn:/bin/busybox getty -L 115200 ttyS0 vt100
+INITTAB
+    sudo cp /boot/vmlinuz-$kver $work/vmlinuz
+    sudo chmod 0644 $work/vmlinuz
+    sudo $NOVA_BIN_DIR/amiboot image build-ari \
+        --modules-dir /lib/modules/$kver $work/ari.img
+    sudo $NOVA_BIN_DIR/amiboot image build-ami --from-dir $tree \
+        $work/ami.img
+    sudo chown $STACK_USER $work/ari.img $work/ami.img
+
+    aki_id=$(openstack image create --disk-format aki \
+        --container-format aki --file $work/vmlinuz --public \
+        -f value -c id $NOVA_AMIBOOT_SAMPLE_NAME-kernel)
+    ari_id=$(openstack image create --disk-format ari \
+        --container-format ari --file $work/ari.img --public \
+        -f value -c id $NOVA_AMIBOOT_SAMPLE_NAME-ramdisk)
+    openstack image create --disk-format ami --container-format ami \
+        --file $work/ami.img --public \
+        --property kernel_id=$aki_id --property ramdisk_id=$ari_id \
+        $NOVA_AMIBOOT_SAMPLE_NAME
+}
+
+function cleanup_nova_amiboot {
+    sudo rm -rf $NOVA_AMIBOOT_WORK
+}
+
+if [[ "$1" == "stack" && "$2" == "install" ]]; then
+    echo_summary "Installing nova-amiboot"
+    install_nova_amiboot
+elif [[ "$1" == "stack" && "$2" == "post-config" ]]; then
+    echo_summary "Configuring nova-amiboot"
+    configure_nova_amiboot
+elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
+    echo_summary "Starting nova-compute with nova-amiboot"
+    if is_service_enabled n-cpu; then
+        start_nova_amiboot_compute
+    fi
+    if [[ "$NOVA_AMIBOOT_SAMPLE" == "True" ]] && \
+        is_service_enabled g-api; then
+        upload_nova_amiboot_sample
+    fi
+fi
+
+if [[ "$1" == "unstack" ]]; then
+    stop_process n-cpu
+fi
+
+if [[ "$1" == "clean" ]]; then
+    cleanup_nova_amiboot
+fi
