@@ -26,6 +26,7 @@ from oslo_concurrency import processutils
 from oslo_log import log as logging
 
 from nova_amiboot import exception
+from nova_amiboot.privileged import e2fs
 from nova_amiboot.privileged import nbd as priv_nbd
 from nova_amiboot import utils
 
@@ -43,18 +44,43 @@ class Target(object):
         self.path = path
         self.method = method
 
-    def run(self, tool, args, ok_codes=(0,), process_input=None):
-        if self.method == 'nbd':
-            try:
+    def run(self, tool, args, ok_codes=(0,), size=None):
+        """Run e2fsprogs' ``tool`` with ``args`` (see e2fs.OPTIONS).
+
+        Returns (stdout, stderr) as text.
+        """
+        out, err, _truncated = self._e2fs(tool, args, ok_codes=ok_codes,
+                                          size=size)
+        return out.decode('utf-8', 'replace'), err
+
+    def debugfs(self, requests, write=False, out_limit=e2fs.DEFAULT_OUT):
+        """Run debugfs with a script built from ``requests`` (e2fs.OPS).
+
+        Returns (stdout bytes, stderr, truncated).
+        """
+        return self._e2fs('debugfs', ['-w'] if write else [],
+                          requests=list(requests), out_limit=out_limit)
+
+    def _e2fs(self, tool, args, **kwargs):
+        # Both routes build the command line and the debugfs script with
+        # the same code (e2fs); on nbd it runs in the privsep daemon,
+        # which checks everything again itself.
+        try:
+            if self.method == 'nbd':
                 return priv_nbd.run_e2fs(tool, self.path, list(args),
-                                         ok_codes=tuple(ok_codes),
-                                         process_input=process_input)
-            except processutils.ProcessExecutionError as e:
-                raise exception.CommandFailed(cmd=tool, code=e.exit_code,
-                                              stderr=(e.stderr or '').strip())
-        return utils.execute(tool, *(list(args) + [self.path]),
-                             check_exit_code=list(ok_codes),
-                             process_input=process_input)
+                                         **kwargs)
+            return e2fs.run(tool, list(args), self.path, **kwargs)
+        except processutils.ProcessExecutionError as e:
+            raise exception.CommandFailed(cmd=tool, code=e.exit_code,
+                                          stderr=(e.stderr or '').strip())
+        except e2fs.Failed as e:
+            raise exception.CommandFailed(cmd=tool, code=e.code,
+                                          stderr=e.stderr.strip())
+        except FileNotFoundError:
+            raise exception.ToolMissing(tool=tool)
+        except ValueError as e:
+            raise exception.E2fsRequestRefused(tool=tool, target=self.path,
+                                               reason=str(e))
 
 
 def choose_method(conf):

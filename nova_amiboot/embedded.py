@@ -29,6 +29,7 @@ from nova_amiboot import domain
 from nova_amiboot import exception
 from nova_amiboot import guest
 from nova_amiboot import images
+from nova_amiboot.privileged import nbd as priv_nbd
 from nova_amiboot.privileged import net as priv_net
 from nova_amiboot import safety
 from nova_amiboot import spawn
@@ -121,6 +122,9 @@ class LocalCloud(object):
                                                          'images'))
         self.instances_path = os.path.join(self.state_dir, 'instances')
         os.makedirs(self.instances_path, mode=0o755, exist_ok=True)
+        # In-process only (the command runs as root): the instances path
+        # that the privileged nbd attach accepts disks from.
+        priv_nbd.set_local_instances_path(self.instances_path)
         # QEMU runs as another user: it must reach kernel, disk and base.
         for d in (self.state_dir, self.instances_path):
             os.chmod(d, 0o755)

@@ -142,3 +142,14 @@ class FlavorNotFound(AmibootException):
 
 class InvalidInput(AmibootException):
     msg_fmt = "%(reason)s"
+
+
+# --- e2fsprogs requests (appended) -----------------------------------------
+
+class E2fsRequestRefused(AmibootException):
+    msg_fmt = ("Refused to run %(tool)s on %(target)s: %(reason)s")
+
+
+class GuestFileTooLarge(InjectionFailed):
+    msg_fmt = ("Instance %(instance)s: %(path)s in the guest is %(size)d "
+               "bytes, over the limit of %(limit)d bytes for reading it.")

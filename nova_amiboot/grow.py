@@ -48,7 +48,11 @@ def base_facts(path, conf):
     except (OSError, ValueError):
         pass
     facts = {'fstype': None, 'clean': False}
-    with tempfile.TemporaryDirectory(prefix='amiboot-check-') as tmp:
+    # The scratch overlay sits in the instances path, beside the instance
+    # disks: the privileged nbd attach connects nothing else.
+    instances = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    with tempfile.TemporaryDirectory(prefix='amiboot-check-',
+                                     dir=instances) as tmp:
         scratch = os.path.join(tmp, 'disk')
         fmt = disk.create(path, scratch, os.path.getsize(path))
         with attach.attached(scratch, fmt, conf) as target:

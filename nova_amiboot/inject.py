@@ -2,53 +2,131 @@
 
 The guest image is untrusted: it is never mounted in the host kernel, and
 paths resolve inside the image only. Every path is absolute, normalised and
-plain (no '..', whitespace or quotes: OSSA-2012-008), and every existing
+plain (the grammar of nova_amiboot.privileged.e2fs: no '..', whitespace,
+quotes or control characters: OSSA-2012-008), and every existing
 component on the way to the target must be a real directory (the target a
 regular file): a symlink anywhere (for example /root/.ssh -> /etc) is
 refused, never followed (OSSA-2012-011).
+
+debugfs prints guest bytes raw (symlink targets, extended attributes, file
+names), so nothing is parsed from output that can hold them: each path
+component is looked up with ``imap`` (its inode number) and ``idump`` (a
+hex dump of that inode, printable ASCII only in its text column), both
+fixed-form, and type, size and owner come from the inode's bytes. Every
+answer is matched to the request it answers by its position in the run.
+File contents come last in a run, after all the fixed-form answers.
+
+Reads are bounded: a file over ``limit`` (1 MiB by default) is refused
+with its size, and the run is stopped as soon as more output than that
+arrives (ext4 files can be sparse and 16 TiB large).
 
 debugfs exits 0 even when a command fails, so its stderr is read: anything
 but its version banner is an error.
 """
 
+import json
 import os
 import re
-import shutil
+import struct
 import subprocess
-import tempfile
 
 from oslo_log import log as logging
 
 from nova_amiboot import exception
+from nova_amiboot.privileged import e2fs
 
 LOG = logging.getLogger(__name__)
 
 KEY_MARKER = '# The following ssh key was injected by nova-amiboot'
-_PLAIN = re.compile(r'^[A-Za-z0-9._@+:-]+$')
-_HOSTNAME = re.compile(r'^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$')
-_BANNER = re.compile(r'^debugfs [0-9.]+ \(.*\)$')
-_TYPES = {'directory': 'dir', 'regular': 'file', 'symlink': 'link'}
+_HOSTNAME = re.compile(r'(?=.{1,63}\Z)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?')
+# An OpenSSH public key line: printable ASCII, one line.
+_KEY = re.compile(r'[\x21-\x7e][\x20-\x7e]{0,16383}')
+_SHA512_CRYPT = re.compile(r'\$6\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}')
+_BANNER = re.compile(r'debugfs [0-9.]+ \(.*\)')
+# Reading guest files: enough for any authorized_keys, shadow or hostname.
+READ_LIMIT = 1024 * 1024
+
+# Fixed-form answers (see the module doc).
+_IMAP = re.compile(rb'Inode ([0-9]{1,10}) is part of block group '
+                   rb'[0-9]{1,10}\n\tlocated at block [0-9]{1,20}, '
+                   rb'offset 0x[0-9a-f]{4}\n')
+_HEXLINE = re.compile(rb'([0-7]{4,8})  ((?:[0-9a-f ]{4} ){8}) '
+                      rb'[\x20-\x7e]{0,16}')
+_S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, \
+    0o120000
+_KINDS = {_S_IFDIR: 'dir', _S_IFREG: 'file', _S_IFLNK: 'link'}
 
 
-def _parse_stats(out):
-    """{path: 'dir'|'file'|'link'|...} from debugfs 'stat' output."""
-    types, current = {}, None
-    for line in out.splitlines():
-        m = re.match(r'^debugfs: stat (\S+)$', line)
-        if m:
-            current = m.group(1)
+class _Inode(object):
+    def __init__(self, ino, raw):
+        self.ino = ino
+        mode, uid_lo, size_lo = struct.unpack_from('<HHI', raw, 0)
+        gid_lo, = struct.unpack_from('<H', raw, 24)
+        size_hi, = struct.unpack_from('<I', raw, 108)
+        uid_hi, gid_hi = struct.unpack_from('<HH', raw, 120)
+        self.mode = mode
+        self.kind = _KINDS.get(mode & _S_IFMT, 'other')
+        self.size = size_lo | (size_hi << 32)
+        self.uid = uid_lo | (uid_hi << 16)
+        self.gid = gid_lo | (gid_hi << 16)
+
+
+def _parse_hexdump(text):
+    """Bytes of a debugfs hex dump (lines of 16 bytes, ``*`` = repeat)."""
+    raw, last, repeat = bytearray(), None, False
+    for line in text.split(b'\n'):
+        if line == b'':
             continue
-        m = re.match(r'^Inode: \d+\s+Type: (\S+)', line)
-        if m and current:
-            types[current] = _TYPES.get(m.group(1), m.group(1))
-            current = None
-    return types
+        if line == b'*':
+            if last is None or repeat:
+                raise ValueError("bad repeat mark")
+            repeat = True
+            continue
+        m = _HEXLINE.fullmatch(line)
+        if not m:
+            raise ValueError("unexpected line in inode dump")
+        offset = int(m.group(1), 8)
+        if repeat:
+            while len(raw) < offset:
+                raw += last
+            repeat = False
+        if offset != len(raw):
+            raise ValueError("inode dump out of order")
+        chunk = bytes.fromhex(m.group(2).decode().replace(' ', ''))
+        raw += chunk
+        last = chunk
+    if repeat:
+        # Repeated up to the end of the inode: at least the 128 bytes of
+        # the smallest inode.
+        while len(raw) < 128:
+            raw += last
+    if len(raw) < 128:
+        raise ValueError("inode dump too short")
+    return bytes(raw)
 
 
-def staging_dir():
-    # The privileged nbd helper accepts debugfs 'write' sources only from
-    # directories named like this.
-    return tempfile.mkdtemp(prefix='amiboot-inject-')
+def _sections(out, commands):
+    """Split debugfs output into the answer of each command, in order.
+
+    Every command echoes as ``debugfs: <command>``; the commands are ours
+    and only fixed-form answers precede the last one, so an echo line can
+    only be one of ours. The last command's answer (file content) is left
+    whole.
+    """
+    answers, pos = [], 0
+    for i, cmd in enumerate(commands):
+        echo = b'debugfs: ' + cmd + b'\n'
+        if not out.startswith(echo, pos):
+            raise ValueError("answer %d is not where expected" % i)
+        pos += len(echo)
+        if i == len(commands) - 1:
+            answers.append(out[pos:])
+            break
+        nxt = out.find(b'\ndebugfs: ', pos - 1)
+        end = len(out) if nxt < 0 else nxt + 1
+        answers.append(out[pos:end])
+        pos = end
+    return answers
 
 
 class GuestFS(object):
@@ -63,92 +141,137 @@ class GuestFS(object):
         raise exception.InjectionFailed(instance=self.instance, what=what,
                                         reason=reason)
 
-    def debugfs(self, script, write=False, what='files'):
-        args = (['-w'] if write else []) + ['-f', '-']
+    def _unsafe(self, path, reason):
+        # A hostile path is shown escaped: the message stays one line.
+        shown = path if isinstance(path, str) and path.isascii() and \
+            path.isprintable() else ascii(path)
+        raise exception.UnsafeInjectionPath(instance=self.instance,
+                                            path=shown, reason=reason)
+
+    def debugfs(self, requests, write=False, what='files', out_limit=None):
+        """Run ``requests`` (e2fs.OPS); return (stdout bytes, errors)."""
         try:
-            out, err = self.target.run('debugfs', args,
-                                       process_input=script)
-        except exception.CommandFailed as e:
+            out, err, truncated = self.target.debugfs(
+                requests, write=write,
+                out_limit=out_limit or e2fs.DEFAULT_OUT)
+        except (exception.CommandFailed,
+                exception.E2fsRequestRefused) as e:
             self._fail(what, str(e))
         errors = [line for line in err.splitlines()
-                  if line.strip() and not _BANNER.match(line.strip())]
-        return out, errors
+                  if line.strip() and not _BANNER.fullmatch(line.strip())]
+        return out, errors, truncated
 
     def _prefixes(self, path):
-        norm = os.path.normpath(path)
-        if not path.startswith('/') or norm != path or path == '/':
-            raise exception.UnsafeInjectionPath(
-                instance=self.instance, path=path,
-                reason="not an absolute, normalised file path")
-        names = path.strip('/').split('/')
-        for name in names:
-            if name in ('.', '..') or not _PLAIN.match(name):
-                raise exception.UnsafeInjectionPath(
-                    instance=self.instance, path=path,
-                    reason="component %r is not a plain name" % name)
+        if not isinstance(path, str) or (
+                path.startswith('/') and os.path.normpath(path) != path):
+            self._unsafe(path, "not an absolute, normalised file path")
+        try:
+            names = e2fs.check_path(path)
+        except e2fs.RequestRefused as e:
+            self._unsafe(path, str(e))
         return ['/' + '/'.join(names[:i + 1]) for i in range(len(names))]
 
-    def _judge(self, path, prefixes, types):
+    def _query(self, path, prefixes, cat=False, limit=READ_LIMIT):
+        """Look every prefix up; with ``cat``, read the last one too.
+
+        Returns ([_Inode or None per prefix], content bytes or None).
+        """
+        requests = []
+        for p in prefixes:
+            requests += [('imap', p), ('idump', p)]
+        if cat:
+            requests.append(('cat', path))
+        # Fixed-form answers take < 2 KiB per prefix.
+        overhead = 4096 * len(prefixes) + 4096
+        out, errors, truncated = self.debugfs(
+            requests, what=path, out_limit=overhead + (limit if cat else 0))
+        commands = [' '.join(str(a) for a in r).encode() for r in requests]
+        try:
+            answers = _sections(out, commands) if not truncated or cat \
+                else None
+            if answers is None:
+                raise ValueError("output over the limit")
+            inodes = []
+            for i, p in enumerate(prefixes):
+                imap, idump = answers[2 * i], answers[2 * i + 1]
+                if not imap and not idump:
+                    inodes.append(None)
+                    continue
+                m = _IMAP.fullmatch(imap)
+                if not m:
+                    raise ValueError("unexpected answer for %s" % p)
+                inodes.append(_Inode(int(m.group(1)),
+                                     _parse_hexdump(idump)))
+        except ValueError as e:
+            self._fail(path, "cannot read the guest filesystem (%s)%s"
+                       % (e, ': ' + '; '.join(errors) if errors else ''))
+        content = answers[-1] if cat else None
+        return inodes, content, truncated, errors
+
+    def _judge(self, path, prefixes, inodes, final=('file',)):
         result, missing = [], False
-        for i, p in enumerate(prefixes):
-            kind = None if missing else types.get(p)
-            if kind is None:
+        for i, (p, inode) in enumerate(zip(prefixes, inodes)):
+            if missing and inode is not None:
+                self._fail(path, "%s found under a missing directory" % p)
+            if inode is None:
                 missing = True
-            elif kind == 'link':
-                raise exception.UnsafeInjectionPath(
-                    instance=self.instance, path=path,
-                    reason="%s is a symbolic link" % p)
-            elif i < len(prefixes) - 1 and kind != 'dir':
-                raise exception.UnsafeInjectionPath(
-                    instance=self.instance, path=path,
-                    reason="%s is not a directory" % p)
-            elif i == len(prefixes) - 1 and kind != 'file':
-                raise exception.UnsafeInjectionPath(
-                    instance=self.instance, path=path,
-                    reason="%s exists and is not a regular file" % p)
-            result.append((p, kind))
+            elif inode.kind == 'link':
+                self._unsafe(path, "%s is a symbolic link" % p)
+            elif i < len(prefixes) - 1 and inode.kind != 'dir':
+                self._unsafe(path, "%s is not a directory" % p)
+            elif i == len(prefixes) - 1 and inode.kind not in final:
+                self._unsafe(path, "%s exists and is not a regular file" % p)
+            result.append((p, inode))
         return result
 
     def check_path(self, path):
-        """Validate ``path``; return the parts and their types.
+        """Validate ``path``; return the parts and their inodes.
 
-        Returns [(path_so_far, 'dir'|'file'|None)] for each component,
-        None where it does not exist (and so neither does what follows).
+        Returns [(path_so_far, _Inode or None)] for each component, None
+        where it does not exist (and so neither does what follows).
         """
         prefixes = self._prefixes(path)
-        return self._judge(path, prefixes, self._stat_types(prefixes))
-
-    def _stat_types(self, paths):
-        out, _errors = self.debugfs(''.join('stat %s\n' % p for p in paths))
-        return _parse_stats(out)
+        inodes = self._query(path, prefixes)[0]
+        return self._judge(path, prefixes, inodes)
 
     def stat(self, path):
-        """(mode, uid, gid) of an existing file checked by check_path."""
-        out, errors = self.debugfs('stat %s\n' % path)
-        if errors:
-            self._fail(path, '; '.join(errors))
-        mode = re.search(r'Mode:\s+(0[0-7]+)', out)
-        owner = re.search(r'User:\s+(\d+)\s+Group:\s+(\d+)', out)
-        return int(mode.group(1), 8), int(owner.group(1)), \
-            int(owner.group(2))
+        """(mode, uid, gid) of an existing regular file or directory."""
+        parts = self._checked.get(path)
+        if not parts:
+            prefixes = self._prefixes(path)
+            parts = self._judge(path, prefixes,
+                                self._query(path, prefixes)[0],
+                                final=('file', 'dir'))
+        inode = parts[-1][1]
+        if inode is None:
+            self._fail(path, "%s does not exist" % path)
+        return inode.mode & 0o7777, inode.uid, inode.gid
 
-    def read(self, path):
-        """Text content of a regular file, or None if absent.
+    def read(self, path, limit=READ_LIMIT):
+        """Content (bytes) of a regular file, or None if absent.
 
-        One debugfs run checks the path and reads the file; the check is
-        remembered for a following write() of the same path.
+        One debugfs run checks the path and reads the file; a file over
+        ``limit`` bytes is refused. The check is remembered for stat() and
+        a following write() of the same path.
         """
         prefixes = self._prefixes(path)
-        script = ''.join('stat %s\n' % p for p in prefixes)
-        out, errors = self.debugfs(script + 'cat %s\n' % path)
-        stats, _sep, content = out.partition('debugfs: cat %s\n' % path)
-        parts = self._judge(path, prefixes, _parse_stats(stats))
+        inodes, content, truncated, errors = self._query(
+            path, prefixes, cat=True, limit=limit)
+        parts = self._judge(path, prefixes, inodes)
         self._checked[path] = parts
-        if parts[-1][1] is None:
+        inode = parts[-1][1]
+        if inode is None:
             return None
-        if errors:
-            self._fail(path, '; '.join(errors))
-        return content.encode()
+        if inode.size > limit:
+            raise exception.GuestFileTooLarge(instance=self.instance,
+                                              path=path, size=inode.size,
+                                              limit=limit)
+        if truncated or errors or len(content) != inode.size:
+            self._fail(path, "reading it gave %s bytes for a size of %d%s"
+                       % ('over %d' % limit if truncated else len(content),
+                          inode.size,
+                          ': ' + '; '.join(errors) if errors else ''))
+        return content
 
     def write(self, path, data, mode=0o644, uid=0, gid=0, dir_mode=0o755,
               parent_mode=None):
@@ -156,66 +279,77 @@ class GuestFS(object):
 
         Directories it creates get ``dir_mode`` and owner 0:0; with
         ``parent_mode`` the file's directory gets that mode and 0:0 too.
+        The file is always a new inode (a hard link in the guest is never
+        written through).
         """
+        if not isinstance(data, bytes):
+            self._fail(path, "data must be bytes")
+        if len(data) > e2fs.MAX_WRITE:
+            self._fail(path, "%d bytes is over the limit of %d"
+                       % (len(data), e2fs.MAX_WRITE))
         parts = self._checked.pop(path, None) or self.check_path(path)
-        script = []
-        for p, kind in parts[:-1]:
-            if kind is None:
-                script += ['mkdir %s' % p,
-                           'sif %s mode 0%o' % (p, 0o40000 | dir_mode),
-                           'sif %s uid 0' % p, 'sif %s gid 0' % p]
+        requests = []
+        for p, inode in parts[:-1]:
+            if inode is None:
+                requests += [('mkdir', p),
+                             ('sif', p, 'mode', 0o40000 | dir_mode),
+                             ('sif', p, 'uid', 0), ('sif', p, 'gid', 0)]
         parent, name = os.path.split(path)
+        # An existing parent by the inode checked above; a new one by path
+        # (it was made in this run, under checked directories).
+        pinode = parts[-2][1] if len(parts) > 1 else None
+        pref = pinode.ino if pinode is not None else (
+            parent if len(parts) > 1 else 2)
         if parent_mode is not None:
-            script += ['sif %s mode 0%o' % (parent, 0o40000 | parent_mode),
-                       'sif %s uid 0' % parent, 'sif %s gid 0' % parent]
-        if parts[-1][1] == 'file':
-            script.append('rm %s' % path)
-        stage = staging_dir()
-        try:
-            src = os.path.join(stage, 'f0')
-            with open(src, 'wb') as f:
-                f.write(data)
-            script += ['cd %s' % parent,
-                       'write %s %s' % (src, name),
-                       'sif %s mode 0%o' % (name, 0o100000 | mode),
-                       'sif %s uid %d' % (name, uid),
-                       'sif %s gid %d' % (name, gid)]
-            _out, errors = self.debugfs('\n'.join(script) + '\n',
-                                        write=True, what=path)
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            requests += [('sif', pref, 'mode', 0o40000 | parent_mode),
+                         ('sif', pref, 'uid', 0), ('sif', pref, 'gid', 0)]
+        requests.append(('cd', pref))
+        if parts[-1][1] is not None:
+            requests.append(('rm', name))
+        requests += [('write', data, name),
+                     ('sif', name, 'mode', 0o100000 | mode),
+                     ('sif', name, 'uid', uid),
+                     ('sif', name, 'gid', gid)]
+        _out, errors, _t = self.debugfs(requests, write=True, what=path)
         if errors:
             self._fail(path, '; '.join(errors))
 
     def is_dir(self, path):
-        return self._stat_types([path]).get(path) == 'dir'
+        prefixes = self._prefixes(path)
+        inodes = self._query(path, prefixes)[0]
+        return all(i is not None and i.kind == 'dir' for i in inodes)
 
 
 def inject_key(fs, key):
-    """Append ``key`` to /root/.ssh/authorized_keys (0600, dir 0700, 0:0)."""
-    key = key.strip()
-    if not key or '\n' in key:
-        raise exception.InjectionFailed(instance=fs.instance, what='SSH key',
-                                        reason="not a single-line key")
+    """Append ``key`` to /root/.ssh/authorized_keys (0600, dir 0700, 0:0).
+
+    The existing file is kept byte for byte, whatever its encoding.
+    """
     path = '/root/.ssh/authorized_keys'
-    current = (fs.read(path) or b'').decode('utf-8', 'replace')
-    if key in (line.strip() for line in current.splitlines()):
+    key = key.strip() if isinstance(key, str) else key
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise exception.InjectionFailed(
+            instance=fs.instance, what='SSH key into %s' % path,
+            reason="the key is not one line of printable ASCII")
+    current = fs.read(path) or b''
+    wanted = key.encode('ascii')
+    if wanted in (line.strip() for line in current.splitlines()):
         LOG.debug("Instance %s: key already in %s", fs.instance, path)
         return False
-    if current and not current.endswith('\n'):
-        current += '\n'
-    fs.write(path, (current + KEY_MARKER + '\n' + key + '\n').encode(),
+    if current and not current.endswith(b'\n'):
+        current += b'\n'
+    fs.write(path, current + (KEY_MARKER + '\n' + key + '\n').encode(),
              mode=0o600, dir_mode=0o700, parent_mode=0o700)
     return True
 
 
 def inject_hostname(fs, hostname):
-    short = hostname.split('.')[0]
-    if not _HOSTNAME.match(short):
+    short = hostname.split('.')[0] if isinstance(hostname, str) else None
+    if short is None or not _HOSTNAME.fullmatch(short):
         raise exception.InjectionFailed(instance=fs.instance,
-                                        what='hostname',
-                                        reason="%r is not a valid hostname"
-                                        % hostname)
+                                        what='hostname into /etc/hostname',
+                                        reason="%.80r is not a valid hostname"
+                                        % (hostname,))
     fs.write('/etc/hostname', (short + '\n').encode(), mode=0o644)
 
 
@@ -223,13 +357,22 @@ def hash_password(password):
     """SHA-512 crypt ($6$), as /etc/shadow wants it."""
     # openssl reads the password from stdin: it never shows in ps.
     p = subprocess.run(['openssl', 'passwd', '-6', '-stdin'],
-                       input=password + '\n', capture_output=True, text=True,
-                       check=True)
-    return p.stdout.strip()
+                       input=password.encode('utf-8') + b'\n',
+                       capture_output=True, check=True)
+    hashed = p.stdout.decode('ascii', 'replace').strip()
+    if not _SHA512_CRYPT.fullmatch(hashed):
+        raise ValueError("openssl gave an unexpected hash")
+    return hashed
 
 
 def inject_password(fs, password, user='root'):
     path = '/etc/shadow'
+    # openssl reads one line: a newline would cut the password short.
+    if not isinstance(password, str) or not password or \
+            not password.isprintable() or len(password) > 1024:
+        raise exception.InjectionFailed(
+            instance=fs.instance, what='password into %s' % path,
+            reason="the password must be one line of printable characters")
     content = fs.read(path)
     if content is None:
         raise exception.InjectionFailed(instance=fs.instance,
@@ -237,26 +380,35 @@ def inject_password(fs, password, user='root'):
                                         reason="the image has no /etc/shadow")
     mode, uid, gid = fs.stat(path)
     lines, found = [], False
-    for line in content.decode('utf-8').splitlines():
-        fields = line.split(':')
-        if fields[0] == user and len(fields) > 2:
-            fields[1] = hash_password(password)
-            line, found = ':'.join(fields), True
+    name = user.encode('ascii')
+    for line in content.splitlines():
+        fields = line.split(b':')
+        if fields[0] == name and len(fields) > 2:
+            try:
+                fields[1] = hash_password(password).encode('ascii')
+            except (OSError, ValueError, subprocess.CalledProcessError) as e:
+                raise exception.InjectionFailed(
+                    instance=fs.instance, what='password into %s' % path,
+                    reason="cannot hash it: %s" % e)
+            line, found = b':'.join(fields), True
         lines.append(line)
     if not found:
         raise exception.InjectionFailed(instance=fs.instance,
                                         what='password',
                                         reason="no %s in /etc/shadow" % user)
-    fs.write(path, ('\n'.join(lines) + '\n').encode(), mode=mode & 0o7777,
+    fs.write(path, b'\n'.join(lines) + b'\n', mode=mode & 0o7777,
              uid=uid, gid=gid)
 
 
 def inject_user_data(fs, user_data, instance_id, hostname):
     """cloud-init's NoCloud seed, which cloud-init images read at boot."""
     base = '/var/lib/cloud/seed/nocloud'
-    fs.write(base + '/meta-data',
-             ('instance-id: %s\nlocal-hostname: %s\n'
-              % (instance_id, hostname)).encode(), mode=0o600)
+    if isinstance(user_data, str):
+        user_data = user_data.encode('utf-8')
+    # JSON strings are YAML strings: no value can add a key or a line.
+    meta = 'instance-id: %s\nlocal-hostname: %s\n' % (
+        json.dumps(str(instance_id)), json.dumps(str(hostname)))
+    fs.write(base + '/meta-data', meta.encode('ascii'), mode=0o600)
     fs.write(base + '/user-data', user_data, mode=0o600)
 
 

@@ -1,46 +1,205 @@
-"""qemu-nbd connect/disconnect and e2fsprogs on /dev/nbdN, as root."""
+"""qemu-nbd connect/disconnect and e2fsprogs on /dev/nbdN, as root.
 
+These run in the privsep daemon and trust nothing from the caller:
+
+- a device is ``/dev/nbdN``, nothing else;
+- the disk to connect is an instance disk, ``<instances>/<dir>/disk``,
+  where ``<instances>`` is the instances path of the configuration read on
+  this side (nova's ``instances_path``), ``<dir>`` an instance uuid or a
+  base check's scratch directory; no symlink anywhere, a regular file with
+  one link, opened here without following links and handed to qemu-nbd as
+  that open file; a qcow2 disk's backing file is pinned to a raw base in
+  ``<instances>/_base``, checked the same way, and may have no data file;
+- e2fsprogs get options from a fixed table and debugfs a script built here
+  from structured requests (nova_amiboot.privileged.e2fs).
+"""
+
+import json
+import os
 import re
-import tempfile
+import stat
+import subprocess
 
 from oslo_concurrency import processutils
 
 import nova_amiboot.privileged
+from nova_amiboot.privileged import e2fs
 
-_DEVICE = re.compile(r'^/dev/nbd[0-9]+$')
-_TOOLS = {'e2fsck', 'resize2fs', 'debugfs', 'blkid'}
-_DEBUGFS_COMMANDS = {'cd', 'mkdir', 'write', 'rm', 'sif', 'cat', 'stat'}
-# Injection stages host files in a directory made by inject.staging_dir().
-_STAGED = re.compile(r'^%s/amiboot-inject-[A-Za-z0-9_]+/[a-z0-9]+$'
-                     % re.escape(tempfile.gettempdir()))
+_DEVICE = re.compile(r'/dev/nbd[0-9]{1,4}')
+# Nova's and amiboot's instance directories are named by uuid; the base
+# check (grow.base_facts) attaches a scratch overlay in a directory made
+# by tempfile.mkdtemp(prefix='amiboot-check-').
+_INSTANCE_DIR = re.compile(
+    r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+    r'|amiboot-check-[a-z0-9_]{1,64}')
+# Bases are named by the sha1 of the image id (as nova names them).
+_BASE_NAME = re.compile(r'[0-9a-f]{40}')
+_DISK_NAME = 'disk'
+
+# For the amiboot command only, which runs these functions in its own
+# (root) process: there is no other side to distrust, and no nova config.
+_local_instances_path = None
+
+
+def set_local_instances_path(path):
+    """The instances path when running in-process (the amiboot command).
+
+    Not an entrypoint: in a privsep daemon this setting never arrives, and
+    the daemon uses its own configuration.
+    """
+    global _local_instances_path
+    _local_instances_path = path
+
+
+def _instances_path():
+    if _local_instances_path:
+        path = _local_instances_path
+    else:
+        try:
+            # The daemon was started with nova-compute's config files.
+            import nova.conf
+        except ImportError:
+            raise ValueError("no instances path is configured")
+        path = nova.conf.CONF.instances_path
+    real = os.path.realpath(path)
+    if not os.path.isabs(real) or not os.path.isdir(real):
+        raise ValueError("instances path %r is not a directory" % path)
+    return real
 
 
 def _check_device(device):
-    if not _DEVICE.match(device):
-        raise ValueError("not an nbd device: %r" % device)
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ValueError("not an nbd device: %.80r" % (device,))
 
 
-def _check_debugfs_script(script):
-    # A root debugfs could read or write any host file: allow only the
-    # commands injection uses, and host reads only from the staging area.
-    for line in (script or '').splitlines():
-        words = line.split()
-        if not words:
-            continue
-        if words[0] not in _DEBUGFS_COMMANDS:
-            raise ValueError("debugfs command %r not allowed" % words[0])
-        if words[0] == 'write' and not _STAGED.match(words[1].strip('"')):
-            raise ValueError("debugfs may not read %r" % words[1])
+def _open_nofollow(path):
+    """Open ``path`` read-only without following a link in any part."""
+    fd = os.open('/', os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        parts = path.strip('/').split('/')
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            if not last:
+                flags |= os.O_DIRECTORY
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except OSError as e:
+                raise ValueError("%s: %s (symbolic links are refused)"
+                                 % (path, e.strerror))
+            os.close(fd)
+            fd = nfd
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise ValueError("%s is not a regular file with one link" % path)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_disk(path):
+    """Return an fd of the instance disk ``path`` after the checks."""
+    if not isinstance(path, str) or len(path) > 4096 or '\0' in path:
+        raise ValueError("not a disk path: %.80r" % (path,))
+    instances = _instances_path()
+    parent, name = os.path.split(path)
+    top, instance_dir = os.path.split(parent)
+    if (os.path.normpath(path) != path or top != instances
+            or name != _DISK_NAME
+            or not _INSTANCE_DIR.fullmatch(instance_dir)):
+        raise ValueError("%.200r is not an instance disk under %s"
+                         % (path, instances))
+    return _open_nofollow(path)
+
+
+def _check_base(path):
+    if not isinstance(path, str) or len(path) > 4096:
+        raise ValueError("not a base path: %.80r" % (path,))
+    base_dir = os.path.join(_instances_path(), '_base')
+    parent, name = os.path.split(path)
+    if (os.path.normpath(path) != path or parent != base_dir
+            or not _BASE_NAME.fullmatch(name)):
+        raise ValueError("backing file %.200r is not a base in %s"
+                         % (path, base_dir))
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ValueError("backing file %s is not a regular file" % path)
+    return fd
+
+
+def _info(fd, fmt):
+    # The header as qemu-img reads it from the file opened here, under
+    # limits (a hostile header can make qemu-img work hard).
+    p = subprocess.run(
+        ['prlimit', '--cpu=30', '--as=%d' % 1024 ** 3, 'qemu-img', 'info',
+         '-f', fmt, '--output=json', '/proc/self/fd/%d' % fd],
+        pass_fds=[fd], capture_output=True, timeout=60,
+        env={'LC_ALL': 'C', 'PATH': os.environ.get('PATH', '/usr/bin')})
+    if p.returncode:
+        raise ValueError("qemu-img info failed: %s"
+                         % p.stderr.decode('utf-8', 'replace')[:500])
+    return json.loads(p.stdout)
+
+
+def image_opts(disk_fd, fmt, backing_fd=None):
+    """qemu-nbd --image-opts for open files (by /proc/self/fd/N)."""
+    opts = ['driver=%s' % fmt, 'file.driver=file',
+            'file.filename=/proc/self/fd/%d' % disk_fd]
+    if fmt == 'qcow2':
+        if backing_fd is None:
+            # An empty reference: no backing file, whatever the header
+            # says.
+            opts.append('backing=')
+        else:
+            opts += ['backing.driver=raw', 'backing.file.driver=file',
+                     'backing.file.filename=/proc/self/fd/%d' % backing_fd]
+    return ','.join(opts)
+
+
+def _qemu_nbd_connect(device, opts, fds):
+    """The one call that needs the kernel's nbd device."""
+    # -c forks a daemon that keeps the inherited files open.
+    subprocess.run(['qemu-nbd', '-c', device, '--image-opts',
+                    '--cache=writeback', opts], pass_fds=fds, check=True,
+                   capture_output=True, timeout=120)
 
 
 @nova_amiboot.privileged.nbd_pctxt.entrypoint
 def connect(device, path, fmt):
     _check_device(device)
     if fmt not in ('qcow2', 'raw'):
-        raise ValueError("unsupported format %r" % fmt)
-    # -f: never probe the format of a guest disk.
-    processutils.execute('qemu-nbd', '-c', device, '-f', fmt,
-                         '--cache=writeback', '--', path)
+        raise ValueError("unsupported format %.20r" % (fmt,))
+    fds = [_check_disk(path)]
+    try:
+        backing_fd = None
+        if fmt == 'qcow2':
+            info = _info(fds[0], 'qcow2')
+            if info.get('format-specific', {}).get('data', {}).get(
+                    'data-file'):
+                raise ValueError("%s has an external data file" % path)
+            backing = info.get('backing-filename')
+            if backing:
+                # Relative to the disk's directory, as QEMU reads it.
+                backing = os.path.normpath(os.path.join(
+                    os.path.dirname(path), backing))
+                if info.get('backing-filename-format') not in (None,
+                                                               'raw'):
+                    raise ValueError("%s: backing file is not raw" % path)
+                backing_fd = _check_base(backing)
+                fds.append(backing_fd)
+        try:
+            _qemu_nbd_connect(device, image_opts(fds[0], fmt, backing_fd),
+                              fds)
+        except subprocess.CalledProcessError as e:
+            raise processutils.ProcessExecutionError(
+                exit_code=e.returncode, cmd='qemu-nbd -c',
+                stderr=(e.stderr or b'').decode('utf-8', 'replace'))
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 @nova_amiboot.privileged.nbd_pctxt.entrypoint
@@ -50,15 +209,18 @@ def disconnect(device):
 
 
 @nova_amiboot.privileged.nbd_pctxt.entrypoint
-def run_e2fs(tool, device, args, ok_codes=(0,), process_input=None):
-    """Run one of e2fsprogs' tools on an nbd device; return (out, err)."""
+def run_e2fs(tool, device, options, requests=None, ok_codes=(0,),
+             size=None, out_limit=e2fs.DEFAULT_OUT):
+    """Run an e2fsprogs tool on an nbd device.
+
+    Returns (stdout bytes, stderr, truncated); see e2fs.run. Options come
+    from e2fs.OPTIONS; debugfs gets its script built here from
+    ``requests``.
+    """
     _check_device(device)
-    if tool not in _TOOLS:
-        raise ValueError("tool %r not allowed" % tool)
-    if any(not isinstance(a, str) or a.startswith('/') for a in args):
-        raise ValueError("arguments may not name paths")
-    if tool == 'debugfs':
-        _check_debugfs_script(process_input)
-    return processutils.execute(tool, *args, device,
-                                check_exit_code=list(ok_codes),
-                                process_input=process_input)
+    try:
+        return e2fs.run(tool, options, device, requests=requests,
+                        ok_codes=ok_codes, size=size, out_limit=out_limit)
+    except e2fs.Failed as e:
+        raise processutils.ProcessExecutionError(
+            exit_code=e.code, cmd=tool, stderr=e.stderr)
