@@ -189,6 +189,7 @@ def argv(tool, options, target, size=None):
     if tool not in OPTIONS:
         raise RequestRefused("tool %r not allowed" % (tool,))
     if not isinstance(options, (list, tuple)) or \
+            not all(isinstance(o, str) for o in options) or \
             tuple(options) not in OPTIONS[tool]:
         raise RequestRefused("options %.200r not allowed for %s"
                              % (options, tool))

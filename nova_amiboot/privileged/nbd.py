@@ -145,25 +145,28 @@ def _info(fd, fmt):
 
 
 def image_opts(disk_fd, fmt, backing_fd=None):
-    """qemu-nbd --image-opts for open files (by /proc/self/fd/N)."""
-    opts = ['driver=%s' % fmt, 'file.driver=file',
-            'file.filename=/proc/self/fd/%d' % disk_fd]
+    """qemu-nbd's image: a ``json:`` spec of the open files.
+
+    The files are named by /proc/self/fd/N (inherited), so what qemu-nbd
+    opens is what was checked here; a qcow2 disk's backing is the checked
+    base, or none, whatever its header says.
+    """
+    spec = {'driver': fmt,
+            'file': {'driver': 'file',
+                     'filename': '/proc/self/fd/%d' % disk_fd}}
     if fmt == 'qcow2':
-        if backing_fd is None:
-            # An empty reference: no backing file, whatever the header
-            # says.
-            opts.append('backing=')
-        else:
-            opts += ['backing.driver=raw', 'backing.file.driver=file',
-                     'backing.file.filename=/proc/self/fd/%d' % backing_fd]
-    return ','.join(opts)
+        spec['backing'] = None if backing_fd is None else {
+            'driver': 'raw',
+            'file': {'driver': 'file',
+                     'filename': '/proc/self/fd/%d' % backing_fd}}
+    return 'json:' + json.dumps(spec, sort_keys=True)
 
 
 def _qemu_nbd_connect(device, opts, fds):
     """The one call that needs the kernel's nbd device."""
     # -c forks a daemon that keeps the inherited files open.
-    subprocess.run(['qemu-nbd', '-c', device, '--image-opts',
-                    '--cache=writeback', opts], pass_fds=fds, check=True,
+    subprocess.run(['qemu-nbd', '-c', device, '--cache=writeback', '--',
+                    opts], pass_fds=fds, check=True,
                    capture_output=True, timeout=120)
 
 
