@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 import unittest
 from unittest import mock
@@ -372,3 +374,56 @@ class TestRunE2fs(PrivilegedTestCase):
         self.assertEqual(b'', lines[-1])
         self.assertTrue(all(len(line) < e2fs.MAX_LINE for line in lines))
         self.assertLess(e2fs.MAX_LINE, 8191)
+
+
+_DAEMON_CHILD = textwrap.dedent('''
+    import json, sys
+    from oslo_privsep import priv_context
+    from nova_amiboot import privileged
+    from nova_amiboot.privileged import nbd
+    privileged.nbd_pctxt.start(method=priv_context.Method.FORK)
+    results = []
+    def call(fn, *args, **kwargs):
+        try:
+            r = fn(*args, **kwargs)
+            results.append(['ok', [type(x).__name__ for x in r], r[1]])
+        except Exception as e:
+            results.append([type(e).__name__, str(e)])
+    call(nbd.run_e2fs, 'debugfs', '/dev/nbd3', ['-R', 'write x y'])
+    call(nbd.run_e2fs, 'debugfs', '/dev/nbd3', ['-w'],
+         requests=[('cd', '/etc'), ('write', b'\\\\xff\\\\xfe', 'x')])
+    call(nbd.run_e2fs, 'debugfs', '/dev/nbd3', [],
+         requests=[('dump', '/etc/shadow', '/tmp/x')])
+    call(nbd.connect, '/dev/nbd3', sys.argv[1], 'qcow2')
+    call(nbd.connect, '/dev/nbd3', '/etc/shadow', 'raw')
+    privileged.nbd_pctxt.stop()
+    print(json.dumps(results))
+''')
+
+
+class TestThroughPrivsepDaemon(unittest.TestCase):
+    """The same checks across a real privsep daemon (forked, as root).
+
+    Arguments travel as msgpack there (tuples become lists, bytes stay
+    bytes); the daemon reads its own configuration (no nova.conf here, so
+    nova's default instances path, which does not exist).
+    """
+
+    def test_round_trip(self):
+        p = subprocess.run(
+            [sys.executable, '-c', _DAEMON_CHILD,
+             '/var/lib/nova/instances/%s/disk' % UUID],
+            capture_output=True, text=True, timeout=120,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                os.path.abspath(__file__)))))
+        self.assertEqual(0, p.returncode, p.stderr[-2000:])
+        res = json.loads(p.stdout.strip().splitlines()[-1])
+        self.assertEqual('RequestRefused', res[0][0])
+        self.assertIn('not allowed for debugfs', res[0][1])
+        # Built and run in the daemon: the (absent) device is the error.
+        self.assertEqual(['ok', ['bytes', 'str', 'bool']], res[1][:2])
+        self.assertIn('/dev/nbd3', res[1][2])
+        self.assertEqual('RequestRefused', res[2][0])
+        for r in res[3:]:
+            self.assertEqual('ValueError', r[0])
+        self.assertIn('instances path', res[3][1])
