@@ -181,8 +181,9 @@ class GuestFS(object):
             requests += [('imap', p), ('idump', p)]
         if cat:
             requests.append(('cat', path))
-        # Fixed-form answers take < 2 KiB per prefix.
-        overhead = 4096 * len(prefixes) + 4096
+        # Fixed-form answers: an inode dump is ~4 bytes of text per byte
+        # of inode, and an inode is at most a block (64 KiB).
+        overhead = 256 * 1024 * len(prefixes) + 4096
         out, errors, truncated = self.debugfs(
             requests, what=path, out_limit=overhead + (limit if cat else 0))
         commands = [' '.join(str(a) for a in r).encode() for r in requests]

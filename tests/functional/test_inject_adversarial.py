@@ -47,7 +47,8 @@ class AdversarialTestCase(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.top, True)
         self.n = 0
 
-    def build(self, populate=None, debugfs=(), features=None, size='32M'):
+    def build(self, populate=None, debugfs=(), features=None, size='32M',
+              inode_size=None):
         """An ext4 image of a tree with /etc and /root/.ssh."""
         self.n += 1
         tree = os.path.join(self.top, 'tree%d' % self.n)
@@ -63,6 +64,8 @@ class AdversarialTestCase(unittest.TestCase):
         cmd = ['mkfs.ext4', '-q', '-F', '-d', tree]
         if features:
             cmd += ['-O', features]
+        if inode_size:
+            cmd += ['-I', str(inode_size)]
         subprocess.run(cmd + [img, size], check=True, capture_output=True)
         if debugfs:
             subprocess.run(['debugfs', '-w', '-f', '-', img], check=True,
@@ -140,14 +143,20 @@ class TestSpoofedStructure(AdversarialTestCase):
         value = os.path.join(self.top, 'xattr-value')
         with open(value, 'w') as f:
             f.write(SPOOFS[3] * 20)
-        img = self.build(populate, debugfs=[
-            'ea_set -f %s /root user.spoof' % value,
-            'ea_set -f %s /root/.ssh user.spoof' % value])
-        fs = self.fs(img)
-        self.assertTrue(inject.inject_key(fs, KEY))
-        self.assertEqual(('%s\n%s\n' % (inject.KEY_MARKER, KEY)).encode(),
-                         self.cat(img, AK))
-        self.assertEqual((0o700, 0, 0), fs.stat('/root/.ssh'))
+        small = os.path.join(self.top, 'xattr-small')
+        with open(small, 'w') as f:
+            f.write((SPOOFS[1] + SPOOFS[3])[:700])
+        # Large inodes hold small xattrs inside the inode: in the dump.
+        for inode_size in (None, 1024):
+            img = self.build(populate, inode_size=inode_size, debugfs=[
+                'ea_set -f %s /root user.spoof' % value,
+                'ea_set -f %s /root/.ssh user.spoof' % small,
+                'ea_set -f %s /root/.ssh user.spoof2' % small])
+            fs = self.fs(img)
+            self.assertTrue(inject.inject_key(fs, KEY))
+            self.assertEqual(('%s\n%s\n' % (inject.KEY_MARKER, KEY))
+                             .encode(), self.cat(img, AK))
+            self.assertEqual((0o700, 0, 0), fs.stat('/root/.ssh'))
 
     def test_nul_in_a_name(self):
         def populate(tree):
