@@ -19,6 +19,8 @@ import time
 import unittest
 from unittest import mock
 
+from nova_amiboot import attach
+from nova_amiboot import exception
 from nova_amiboot import privileged
 from nova_amiboot.privileged import e2fs
 from nova_amiboot.privileged import nbd
@@ -360,6 +362,24 @@ class TestRunE2fs(PrivilegedTestCase):
         out, _e, _t = self.debugfs([('cat', '/etc/hostname')])
         self.assertEqual(b'debugfs: cat /etc/hostname\nguest\n', out)
 
+    def test_the_unprivileged_route_has_the_same_grammar(self):
+        # FUSE and file targets run e2fsprogs in the caller's process,
+        # through the same builder.
+        tg = attach.Target(self.image, 'file')
+        for requests in ([('dump', '/etc/hostname', self.canary)],
+                         [('cat', '/etc/host\nname')],
+                         [('write', self.canary, 'x')],
+                         'cat /etc/hostname\n'):
+            self.assertRaises(exception.E2fsRequestRefused, tg.debugfs,
+                              requests)
+        for tool, opts in (('debugfs', ['-R', 'cat /etc/hostname']),
+                           ('e2fsck', ['-z', 'x']), ('mke2fs', [])):
+            self.assertRaises(exception.E2fsRequestRefused, tg.run, tool,
+                              opts)
+        out, _err, _t = tg.debugfs([('cat', '/etc/hostname')])
+        self.assertEqual(b'debugfs: cat /etc/hostname\nguest\n', out)
+        self.assert_canary_intact()
+
     def test_every_line_is_short(self):
         # The longest request the grammar admits still fits a debugfs
         # line (8191 bytes), so no request can become two commands.
@@ -379,7 +399,9 @@ class TestRunE2fs(PrivilegedTestCase):
 _DAEMON_CHILD = textwrap.dedent('''
     import json, sys
     from oslo_privsep import priv_context
-    from nova_amiboot import privileged
+    from nova_amiboot import attach
+from nova_amiboot import exception
+from nova_amiboot import privileged
     from nova_amiboot.privileged import nbd
     privileged.nbd_pctxt.start(method=priv_context.Method.FORK)
     results = []
