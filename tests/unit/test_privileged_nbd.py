@@ -400,9 +400,7 @@ class TestRunE2fs(PrivilegedTestCase):
 _DAEMON_CHILD = textwrap.dedent('''
     import json, sys
     from oslo_privsep import priv_context
-    from nova_amiboot import attach
-from nova_amiboot import exception
-from nova_amiboot import privileged
+    from nova_amiboot import privileged
     from nova_amiboot.privileged import nbd
     privileged.nbd_pctxt.start(method=priv_context.Method.FORK)
     results = []
