@@ -19,6 +19,7 @@ import os
 import re
 import stat
 import subprocess
+import time
 
 from oslo_concurrency import processutils
 
@@ -168,6 +169,48 @@ def _qemu_nbd_connect(device, opts, fds):
     subprocess.run(['qemu-nbd', '-c', device, '--cache=writeback', '--',
                     opts], pass_fds=fds, check=True,
                    capture_output=True, timeout=120)
+    pidfile = '/sys/block/%s/pid' % os.path.basename(device)
+    for _i in range(200):
+        if os.path.exists(pidfile):
+            break
+        time.sleep(0.05)
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+        check_served_files(pid, fds)
+    except (OSError, ValueError) as e:
+        processutils.execute('qemu-nbd', '-d', device)
+        if isinstance(e, ValueError):
+            raise
+        raise processutils.ProcessExecutionError(
+            cmd='qemu-nbd -c', description="%s did not connect: %s"
+            % (device, e))
+
+
+def check_served_files(pid, fds):
+    """Refuse a qemu-nbd that holds files other than the checked ones.
+
+    The header was checked before qemu-nbd read it; an external data file
+    added in between would show here as another open file.
+    """
+    allowed = {(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in fds}
+    fd_dir = '/proc/%d/fd' % pid
+    others = []
+    for name in os.listdir(fd_dir):
+        path = os.path.join(fd_dir, name)
+        try:
+            st = os.stat(path)
+            target = os.readlink(path)
+        except OSError:
+            continue
+        # Unnamed temporary files (st_nlink 0) are QEMU's own.
+        if (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)) and \
+                (st.st_dev, st.st_ino) not in allowed and \
+                st.st_nlink and not target.startswith('/dev/nbd'):
+            others.append(target)
+    if others:
+        raise ValueError("qemu-nbd opened %s, not checked"
+                         % ', '.join(sorted(others)))
 
 
 @nova_amiboot.privileged.nbd_pctxt.entrypoint

@@ -110,6 +110,8 @@ class TestConnect(PrivilegedTestCase):
                     time.sleep(0.05)
                 _sh('qemu-img', 'convert', '-f', 'raw', '-O', 'raw',
                     'nbd+unix:///?socket=' + sock, copy)
+                # It holds the checked files and nothing else.
+                nbd.check_served_files(p.pid, fds)
             finally:
                 p.terminate()
                 p.wait()
@@ -118,6 +120,33 @@ class TestConnect(PrivilegedTestCase):
         out = subprocess.run(['debugfs', '-R', 'cat /etc/hostname', copy],
                              capture_output=True, check=True).stdout
         self.assertEqual(b'guest\n', out)
+
+    def test_a_file_opened_behind_the_checks_is_caught(self):
+        # A data file named in a header rewritten after the check: the
+        # post-check of qemu-nbd's open files catches it.
+        data = os.path.join(self.top, 'host-data')
+        os.unlink(self.disk)
+        _sh('qemu-img', 'create', '-q', '-f', 'qcow2', '-o',
+            'data_file=%s' % data, self.disk, '8M')
+        sock = os.path.join(self.top, 'nbd2.sock')
+        fd = os.open(self.disk, os.O_RDONLY)
+        try:
+            p = subprocess.Popen(['qemu-nbd', '-k', sock, '--',
+                                  nbd.image_opts(fd, 'qcow2')],
+                                 pass_fds=[fd])
+            try:
+                for _i in range(300):
+                    if os.path.exists(sock):
+                        break
+                    time.sleep(0.05)
+                with self.assertRaises(ValueError) as cm:
+                    nbd.check_served_files(p.pid, [fd])
+                self.assertIn(data, str(cm.exception))
+            finally:
+                p.terminate()
+                p.wait()
+        finally:
+            os.close(fd)
 
     def test_raw_disk(self):
         os.unlink(self.disk)
