@@ -119,7 +119,7 @@ def _check_name(kind, name):
                    "(at most 63)" % (kind, domain._shown(name)))
 
 
-def parse_network(spec):
+def parse_network(spec, instance='?'):
     """``--network``: ('user'|'none', None) or ('bridge', NAME).
 
     Checked before any work, so a bad one changes nothing.
@@ -128,11 +128,15 @@ def parse_network(spec):
         return spec, None
     if isinstance(spec, str) and spec.startswith('bridge:'):
         bridge = spec.split(':', 1)[1]
-        priv_net.check_name(bridge)
+        try:
+            priv_net.check_name(bridge)
+        except exception.InvalidInterfaceName as e:
+            raise exception.InvalidInput(
+                reason="Instance %s: --network: %s" % (instance, e.message))
         return 'bridge', bridge
     raise exception.InvalidInput(
-        reason="--network %s: use user, none or bridge:NAME"
-               % domain._shown(spec))
+        reason="Instance %s: --network %s: use user, none or bridge:NAME"
+               % (instance, domain._shown(spec)))
 
 
 def read_key_file(path, instance):
@@ -378,7 +382,7 @@ class LocalCloud(object):
         # Every check on input comes first: a refused boot changes nothing
         # (no disk, no tap, no domain).
         _check_name('instance', name)
-        parse_network(network)
+        parse_network(network, name)
         self._check_flavor(name, flavor)
         if any(i.name == name for i in self.list_instances()):
             raise exception.InstanceExists(name=name)
