@@ -268,6 +268,47 @@ def set_owner(xml, owner, instance='?'):
     return etree.tostring(dom, pretty_print=True, encoding='unicode')
 
 
+def _backing_store(disk, backing_file, backing_format):
+    # The raw base is shared by every instance made from the image.
+    # libvirt's DAC driver would chown each image of the chain to the
+    # QEMU user while the guest runs (the base became libvirt-qemu 0644:
+    # writable by any guest's QEMU). relabel='no' leaves it root-owned
+    # 0644, which QEMU can read and not write; only the instance's own
+    # overlay is relabelled. The chain is stated, not probed, and ends
+    # here (the empty backingStore).
+    for old in disk.findall('backingStore'):
+        disk.remove(old)
+    store = etree.Element('backingStore', type='file')
+    _sub(store, 'format', type=backing_format)
+    src = _sub(store, 'source', file=backing_file)
+    _sub(src, 'seclabel', model='dac', relabel='no')
+    _sub(store, 'backingStore')
+    disk.find('source').addnext(store)
+
+
+def add_backing_store(xml, disk_path, backing_file, backing_format='raw',
+                      instance='?'):
+    """``xml`` with the shared base of disk ``disk_path`` left unlabelled.
+
+    For domain XML written by someone else (nova's): the same
+    <backingStore> that build_domain_xml() writes for its own domains.
+    """
+    try:
+        dom = etree.fromstring(xml.encode('utf-8'),
+                               etree.XMLParser(resolve_entities=False,
+                                               no_network=True))
+        for disk in dom.iterfind('devices/disk'):
+            src = disk.find('source')
+            if src is not None and src.get('file') == disk_path:
+                _backing_store(disk, backing_file, backing_format)
+                break
+        else:
+            raise ValueError("no disk %s" % _shown(disk_path))
+    except (ValueError, etree.LxmlError) as e:
+        raise exception.InvalidDomain(instance=instance, reason=str(e))
+    return etree.tostring(dom, pretty_print=True, encoding='unicode')
+
+
 def build_domain_xml(spec):
     """Return the domain XML (str) for a DomainSpec.
 
@@ -318,18 +359,7 @@ def _build_domain_xml(spec):
          discard='unmap')
     _sub(disk, 'source', file=spec.disk_path)
     if spec.backing_file:
-        # The raw base is shared by every instance made from the image.
-        # libvirt's DAC driver would chown each image of the chain to the
-        # QEMU user while the guest runs (the base became libvirt-qemu
-        # 0644: writable by any guest's QEMU). relabel='no' leaves it
-        # root-owned 0644, which QEMU can read and not write; only the
-        # instance's own overlay is relabelled. The chain is stated, not
-        # probed, and ends here (the empty backingStore).
-        store = _sub(disk, 'backingStore', type='file')
-        _sub(store, 'format', type=spec.backing_format)
-        src = _sub(store, 'source', file=spec.backing_file)
-        _sub(src, 'seclabel', model='dac', relabel='no')
-        _sub(store, 'backingStore')
+        _backing_store(disk, spec.backing_file, spec.backing_format)
     _sub(disk, 'target', dev='vda', bus='virtio')
 
     net = spec.network

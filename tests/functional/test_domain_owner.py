@@ -12,6 +12,7 @@ import stat
 import uuid
 
 from nova_amiboot import domain
+from tests.functional import base
 from tests.functional import test_cli
 from tests.testbed import report
 
@@ -21,7 +22,33 @@ from tests.testbed import report
 HOLD_CMDLINE = 'root=/dev/vda console=ttyS0 init=/bin/sh'
 
 
-class OwnerTestCase(test_cli.CliTestCase):
+def own_processes(name, path):
+    """live_processes(name) whose command line names ``path``."""
+    found = []
+    for pid in base.live_processes(name):
+        try:
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                if path.encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+class ScopedLeakCheck(object):
+    """The leak check for this test's own files only.
+
+    Other users of this host run qemu-storage-daemon at the same time; a
+    daemon or export of this test names its scratch directory.
+    """
+
+    def assertNothingLeaked(self):
+        for tool in ('qemu-storage-daemon', 'qemu-nbd'):
+            self.assertEqual([], own_processes(tool, self.instances))
+        self.assertNoPartials()
+
+
+class OwnerTestCase(ScopedLeakCheck, test_cli.CliTestCase):
 
     def setUp(self):
         super().setUp()
@@ -60,10 +87,13 @@ class TestOtherStateDirectory(OwnerTestCase):
     def test_failed_boots_from_b_leave_a_running(self):
         self.import_testbed('tb', '--property',
                             'os_command_line=' + HOLD_CMDLINE)
+        inst_a = self.boot(self.name, '--image', 'tb', '--network', 'none')
+        # The cache wrote AMI, AKI and ARI bases root-owned 0644.
         bases_before = {n: (s.st_uid, s.st_gid, stat.S_IMODE(s.st_mode),
                             s.st_size) for n, s in self.base_files().items()}
         self.assertEqual(3, len(bases_before))
-        inst_a = self.boot(self.name, '--image', 'tb', '--network', 'none')
+        self.assertEqual({(0, 0, 0o644)},
+                         {v[:3] for v in bases_before.values()})
         dom = self.a_domain()
         self.assertTrue(dom.isActive())
         uuid_a = dom.UUIDString()

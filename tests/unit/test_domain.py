@@ -189,3 +189,29 @@ class TestOwnerMark(unittest.TestCase):
         with self.assertRaises(exception.InvalidDomain):
             domain.set_owner(domain.build_domain_xml(_spec()),
                              domain.Owner('/tmp/a\x01', 'u'), 'vm-z')
+
+
+class TestAddBackingStore(unittest.TestCase):
+    """For domains written by someone else (nova's XML)."""
+
+    def test_marks_the_named_disk_only(self):
+        xml = domain.build_domain_xml(_spec())
+        out = domain.add_backing_store(xml, '/i/disk', '/b/base')
+        again = domain.add_backing_store(out, '/i/disk', '/b/base2')
+        for text, base in ((out, '/b/base'), (again, '/b/base2')):
+            root = etree.fromstring(text)
+            stores = root.findall('devices/disk/backingStore')
+            self.assertEqual(1, len(stores))
+            self.assertEqual(base, stores[0].find('source').get('file'))
+            self.assertEqual('no', stores[0].find(
+                'source/seclabel').get('relabel'))
+            self.assertEqual('source',
+                             stores[0].getprevious().tag)
+        self.assertEqual(out, domain.add_backing_store(
+            domain.build_domain_xml(_spec(backing_file='/b/base')),
+            '/i/disk', '/b/base'))
+
+    def test_unknown_disk_is_an_error(self):
+        self.assertRaises(exception.InvalidDomain, domain.add_backing_store,
+                          domain.build_domain_xml(_spec()), '/other',
+                          '/b/base', instance='vm-q')
