@@ -456,7 +456,12 @@ class LocalCloud(object):
         Returns 'ready' or 'stopped' (a guest that powers off after its
         work, like the test images, is done, not failed).
         """
-        pattern = re.compile(self.conf.amiboot.ready_pattern)
+        try:
+            pattern = re.compile(self.conf.amiboot.ready_pattern)
+        except re.error as e:
+            raise exception.InvalidInput(
+                reason="Instance %s: [amiboot] ready_pattern is not a "
+                       "regular expression: %s" % (inst.name, e))
         timeout = timeout or self.conf.amiboot.boot_timeout
         try:
             guest.wait_for_console(self.host, inst.domain_name,
