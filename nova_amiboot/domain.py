@@ -99,7 +99,7 @@ PARAM_VALUE = re.compile(r'[A-Za-z0-9_.,:/+@%~-]{0,255}')
 MAX_CMDLINE = 2047
 
 
-def _shown(text, limit=60):
+def shown(text, limit=60):
     """``text`` for an error message: escaped (one line), bounded."""
     if not isinstance(text, str):
         text = repr(text)
@@ -124,16 +124,16 @@ def param_name(token, instance='?'):
     """
     if not isinstance(token, str):
         raise exception.InvalidBootParameter(
-            instance=instance, param=_shown(token), reason="not text")
+            instance=instance, param=shown(token), reason="not text")
     name, sep, value = token.partition('=')
     if not PARAM_NAME.fullmatch(name):
         raise exception.InvalidBootParameter(
-            instance=instance, param=_shown(token),
+            instance=instance, param=shown(token),
             reason="a name is a letter or digit then up to 63 letters, "
                    "digits, '_', '.' or '-'")
     if sep and not PARAM_VALUE.fullmatch(value):
         raise exception.InvalidBootParameter(
-            instance=instance, param=_shown(token),
+            instance=instance, param=shown(token),
             reason="a value is at most 255 of the characters "
                    "A-Z a-z 0-9 _ . , : / + @ % ~ - (no spaces, quotes, "
                    "backslashes, control characters or second '=')")
@@ -166,7 +166,7 @@ def _check_line(line, what, instance, image):
         raise exception.InvalidCommandLine(
             instance=instance, image=image,
             reason="%s %s holds characters XML cannot carry (NUL or "
-                   "control characters)" % (what, _shown(line)))
+                   "control characters)" % (what, shown(line)))
 
 
 def build_cmdline(default, os_command_line=None, boot_params=(),
@@ -203,7 +203,7 @@ def build_cmdline(default, os_command_line=None, boot_params=(),
     size = len(line.encode('utf-8'))
     if size > MAX_CMDLINE:
         raise exception.InvalidBootParameter(
-            instance=instance, param=_shown(' '.join(params)),
+            instance=instance, param=shown(' '.join(params)),
             reason="the kernel command line would be %d bytes, over the "
                    "kernel's limit of %d" % (size, MAX_CMDLINE))
     return line
@@ -303,7 +303,7 @@ def add_backing_store(xml, disk_path, backing_file, backing_format='raw',
                 _backing_store(disk, backing_file, backing_format)
                 break
         else:
-            raise ValueError("no disk %s" % _shown(disk_path))
+            raise ValueError("no disk %s" % shown(disk_path))
     except (ValueError, etree.LxmlError) as e:
         raise exception.InvalidDomain(instance=instance, reason=str(e))
     return etree.tostring(dom, pretty_print=True, encoding='unicode')
@@ -381,7 +381,7 @@ def _build_domain_xml(spec):
                        address='127.0.0.1')
             _sub(fwd, 'range', start=host_port, to=guest_port)
     elif net.kind != 'none' and net.kind != 'user':
-        raise ValueError("unknown network kind %s" % _shown(net.kind))
+        raise ValueError("unknown network kind %s" % shown(net.kind))
 
     serial = _sub(dev, 'serial', type='pty')
     _sub(serial, 'log', file=spec.console_log, append='on')

@@ -100,7 +100,7 @@ def boot_params_from_user_data(user_data, instance='?'):
             params.append(value.decode('ascii'))
         except UnicodeDecodeError:
             raise exception.InvalidBootParameter(
-                instance=instance, param=domain._shown(value),
+                instance=instance, param=domain.shown(value),
                 reason="user data bootparams= must be ASCII")
     return params
 
@@ -116,7 +116,7 @@ def _check_name(kind, name):
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise exception.InvalidInput(
             reason="%s name %s: use letters, digits, '.', '_' and '-' "
-                   "(at most 63)" % (kind, domain._shown(name)))
+                   "(at most 63)" % (kind, domain.shown(name)))
 
 
 def parse_network(spec, instance='?'):
@@ -136,7 +136,7 @@ def parse_network(spec, instance='?'):
         return 'bridge', bridge
     raise exception.InvalidInput(
         reason="Instance %s: --network %s: use user, none or bridge:NAME"
-               % (instance, domain._shown(spec)))
+               % (instance, domain.shown(spec)))
 
 
 def read_key_file(path, instance):
@@ -375,7 +375,7 @@ class LocalCloud(object):
                 raise exception.InvalidInput(
                     reason="Instance %s: flavor %s: %s must be a positive "
                            "integer, not %s" % (name, flavor.name, field,
-                                                domain._shown(value)))
+                                                domain.shown(value)))
 
     def boot(self, name, image, flavor, key_file=None, boot_params=(),
              user_data=None, network='user', start=True):

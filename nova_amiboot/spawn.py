@@ -138,7 +138,7 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
     cmdline = domain.build_cmdline(
         conf.amiboot.default_cmdline, ami.properties.get('os_command_line'),
         req.boot_params, conf.amiboot.allowed_boot_params,
-        instance=req.name)
+        instance=req.name, image=req.image_id)
     _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id)
     facts = grow.base_facts(root.path, conf)
     timings['fetch'] = time.monotonic() - t0
