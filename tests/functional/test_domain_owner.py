@@ -179,7 +179,7 @@ class TestOtherStateDirectory(OwnerTestCase):
             disk_path='/nonexistent', console_log='/dev/null',
             virt_type='qemu', network=domain.Network('none')))
         dom = self.host.conn.defineXML(xml)
-        self.names.append(self.name)
+        self.addCleanup(dom.undefine)
         msg = self.error('boot', self.name, '--image', 'tb', '--network',
                          'none')
         self.assertIn('not made by amiboot', msg)
