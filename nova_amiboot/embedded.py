@@ -38,7 +38,10 @@ LOG = logging.getLogger(__name__)
 
 RECORD = 'amiboot.json'
 DOMAIN_PREFIX = 'amiboot-'
-_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$')
+# fullmatch: a '$' anchor lets a trailing newline through.
+_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,62}')
+# An SSH public key file is a few lines; refuse anything much larger.
+MAX_KEY_FILE = 64 * 1024
 
 BUILTIN_FLAVORS = {
     # nova's classic defaults
@@ -71,13 +74,35 @@ def flavors(conf):
     return result
 
 
-def boot_params_from_user_data(user_data):
-    """The ``bootparams=`` lines of user data (the Eucalyptus recipe)."""
+def boot_params_from_user_data(user_data, instance='?'):
+    """The ``bootparams=`` lines of user data (the Eucalyptus recipe).
+
+    User data is hostile and may be any bytes, so it is read as bytes and
+    cut at b'\n' only (str.splitlines() would also cut at \v, \f, \x1c..
+    and U+2028). A line counts when it starts with ``bootparams=``; a
+    trailing CR is dropped, and one pair of double or single quotes around
+    the whole value is removed (``bootparams="quiet loglevel=3"``); no
+    other quote or escape processing. The value must be ASCII; its
+    parameters are then split and checked by domain.build_cmdline.
+    """
     params = []
-    for line in (user_data or b'').decode('utf-8', 'replace').splitlines():
-        line = line.strip()
-        if line.startswith('bootparams='):
-            params.append(line[len('bootparams='):].strip().strip('"\''))
+    if isinstance(user_data, str):
+        user_data = user_data.encode('utf-8')
+    for line in (user_data or b'').split(b'\n'):
+        if line.endswith(b'\r'):
+            line = line[:-1]
+        if not line.startswith(b'bootparams='):
+            continue
+        value = line[len(b'bootparams='):]
+        if len(value) >= 2 and value[:1] == value[-1:] and \
+                value[:1] in (b'"', b"'"):
+            value = value[1:-1]
+        try:
+            params.append(value.decode('ascii'))
+        except UnicodeDecodeError:
+            raise exception.InvalidBootParameter(
+                instance=instance, param=domain.shown(value),
+                reason="user data bootparams= must be ASCII")
     return params
 
 
@@ -89,10 +114,49 @@ def free_port():
 
 
 def _check_name(kind, name):
-    if not _NAME.match(name or ''):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise exception.InvalidInput(
-            reason="%s name %r: use letters, digits, '.', '_' and '-' "
-                   "(at most 63)" % (kind, name))
+            reason="%s name %s: use letters, digits, '.', '_' and '-' "
+                   "(at most 63)" % (kind, domain.shown(name)))
+
+
+def parse_network(spec, instance='?'):
+    """``--network``: ('user'|'none', None) or ('bridge', NAME).
+
+    Checked before any work, so a bad one changes nothing.
+    """
+    if spec in ('user', 'none'):
+        return spec, None
+    if isinstance(spec, str) and spec.startswith('bridge:'):
+        bridge = spec.split(':', 1)[1]
+        try:
+            priv_net.check_name(bridge)
+        except exception.InvalidInterfaceName as e:
+            raise exception.InvalidInput(
+                reason="Instance %s: --network: %s" % (instance, e.message))
+        return 'bridge', bridge
+    raise exception.InvalidInput(
+        reason="Instance %s: --network %s: use user, none or bridge:NAME"
+               % (instance, domain.shown(spec)))
+
+
+def read_key_file(path, instance):
+    """The public key text of ``path``: bounded, UTF-8, or a clear error."""
+    if not os.path.isfile(path):
+        raise exception.InvalidInput(
+            reason="Instance %s: key file %s not found" % (instance, path))
+    with open(path, 'rb') as f:
+        data = f.read(MAX_KEY_FILE + 1)
+    if len(data) > MAX_KEY_FILE:
+        raise exception.InvalidInput(
+            reason="Instance %s: key file %s is over %d bytes"
+                   % (instance, path, MAX_KEY_FILE))
+    try:
+        return data.decode('utf-8').strip()
+    except UnicodeDecodeError:
+        raise exception.InvalidInput(
+            reason="Instance %s: key file %s is not UTF-8 text"
+                   % (instance, path))
 
 
 @dataclasses.dataclass
@@ -118,6 +182,10 @@ class LocalCloud(object):
                  netns=None, progress=None):
         self.conf = conf
         self.state_dir = state_dir or default_state_dir()
+        os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
+        # The owner mark names the state directory as the kernel resolves
+        # it, so two spellings of one directory are one owner.
+        self.state_dir = os.path.realpath(self.state_dir)
         self.store = images.LocalImageStore(os.path.join(self.state_dir,
                                                          'images'))
         self.instances_path = os.path.join(self.state_dir, 'instances')
@@ -222,14 +290,32 @@ class LocalCloud(object):
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(path + '.part', path)
 
+    def _load(self, path):
+        try:
+            with open(path, 'rb') as f:
+                return Instance(**json.loads(f.read().decode('utf-8')))
+        except (ValueError, TypeError) as e:
+            raise exception.InvalidInput(
+                reason="instance record %s is damaged: %s" % (path, e))
+
+    def owner(self, inst):
+        """The mark this state directory puts on ``inst``'s domain."""
+        return domain.Owner(self.state_dir, inst.uuid)
+
+    def _domain(self, inst):
+        """``inst``'s domain, only with our mark; None if it has none."""
+        return self.host.owned(self.owner(inst), inst.name)
+
+    def is_running(self, inst):
+        return self.host.is_running_owned(self.owner(inst), inst.name)
+
     def list_instances(self):
         result = []
         for entry in sorted(os.listdir(self.instances_path)):
             path = self._record_path(entry)
             if not os.path.exists(path):
                 continue
-            with open(path) as f:
-                inst = Instance(**json.load(f))
+            inst = self._load(path)
             inst.state = self._state(inst)
             result.append(inst)
         return sorted(result, key=lambda i: i.name)
@@ -241,7 +327,10 @@ class LocalCloud(object):
         raise exception.InstanceNotFound(name=name)
 
     def _state(self, inst):
-        dom = self.host.lookup(inst.domain_name)
+        try:
+            dom = self._domain(inst)
+        except exception.DomainNotOwned:
+            return 'foreign'
         if dom is None:
             return 'undefined'
         state = dom.state()[0]
@@ -254,29 +343,27 @@ class LocalCloud(object):
     def console_log(self, inst):
         return os.path.join(self.instances_path, inst.uuid, 'console.log')
 
-    def _network(self, spec, inst_uuid):
+    def _network(self, spec, inst_uuid, created):
+        """The guest's network; ``created`` gets the tap we made, if any."""
+        kind, bridge = parse_network(spec)
         mac = '52:54:00:%02x:%02x:%02x' % tuple(uuid_mod.UUID(
             inst_uuid).bytes[:3])
-        if spec == 'none':
+        if kind == 'none':
             return domain.Network('none'), {'kind': 'none'}
-        if spec == 'user':
+        if kind == 'user':
             port = free_port()
             passt = self._has_passt()
             return (domain.Network('user', hostfwd=((port, 22),), mac=mac,
                                    passt=passt),
                     {'kind': 'user', 'ssh_port': port, 'mac': mac,
                      'backend': 'passt' if passt else 'slirp'})
-        if spec.startswith('bridge:'):
-            bridge = spec.split(':', 1)[1]
-            tap = 'tap' + inst_uuid.replace('-', '')[:11]
-            priv_net.ensure_bridge(bridge, netns=self.netns)
-            priv_net.add_tap(tap, bridge, netns=self.netns)
-            return (domain.Network('bridge', bridge=bridge, tap=tap,
-                                   mac=mac),
-                    {'kind': 'bridge', 'bridge': bridge, 'tap': tap,
-                     'mac': mac})
-        raise exception.InvalidInput(
-            reason="--network %r: use user, none or bridge:NAME" % spec)
+        tap = 'tap' + inst_uuid.replace('-', '')[:11]
+        priv_net.ensure_bridge(bridge, netns=self.netns)
+        if priv_net.add_tap(tap, bridge, netns=self.netns):
+            created.append(tap)
+        return (domain.Network('bridge', bridge=bridge, tap=tap, mac=mac),
+                {'kind': 'bridge', 'bridge': bridge, 'tap': tap,
+                 'mac': mac})
 
     def _has_passt(self):
         # libvirt's passt backend (with portForward) came in 9.2; Debian
@@ -285,30 +372,50 @@ class LocalCloud(object):
         return (self.host.conn.getLibVersion() >= 9002000
                 and shutil.which('passt') is not None)
 
+    def _check_flavor(self, name, flavor):
+        for field in ('root_gb', 'memory_mb', 'vcpus'):
+            value = getattr(flavor, field)
+            if not isinstance(value, int) or value < 1:
+                raise exception.InvalidInput(
+                    reason="Instance %s: flavor %s: %s must be a positive "
+                           "integer, not %s" % (name, flavor.name, field,
+                                                domain.shown(value)))
+
     def boot(self, name, image, flavor, key_file=None, boot_params=(),
              user_data=None, network='user', start=True):
+        # Every check on input comes first: a refused boot changes nothing
+        # (no disk, no tap, no domain).
         _check_name('instance', name)
+        parse_network(network, name)
+        self._check_flavor(name, flavor)
         if any(i.name == name for i in self.list_instances()):
             raise exception.InstanceExists(name=name)
         meta = self.find_image(image)
-        key = None
-        if key_file:
-            if not os.path.isfile(key_file):
-                raise exception.InvalidInput(
-                    reason="key file %s not found" % key_file)
-            with open(key_file) as f:
-                key = f.read().strip()
-        params = list(boot_params) + boot_params_from_user_data(user_data)
+        params = list(boot_params) + boot_params_from_user_data(
+            user_data, instance=name)
+        # The same check spawn.prepare makes, here before the tap too.
+        domain.build_cmdline(
+            self.conf.amiboot.default_cmdline,
+            meta.properties.get('os_command_line'), params,
+            self.conf.amiboot.allowed_boot_params, instance=name,
+            image=meta.name)
+        key = read_key_file(key_file, name) if key_file else None
+        self._check_domain_name(name)
         inst_uuid = str(uuid_mod.uuid4())
-        net = None
+        owner = domain.Owner(self.state_dir, inst_uuid)
+        taps = []
         try:
-            net, net_record = self._network(network, inst_uuid)
+            net, net_record = self._network(network, inst_uuid, taps)
             req = spawn.InstanceRequest(
                 uuid=inst_uuid, name=name, domain_name=DOMAIN_PREFIX + name,
                 image_id=meta.id,
                 flavor=flavor, key=key, hostname=name, user_data=user_data,
                 boot_params=tuple(params), network=net)
             prepared = spawn.prepare(self.conf, self.cache, req)
+            xml = domain.set_owner(prepared.xml, owner, name)
+            with open(os.path.join(prepared.instance_dir, 'libvirt.xml'),
+                      'w') as f:
+                f.write(xml)
             inst = Instance(uuid=inst_uuid, name=name, image_id=meta.id,
                             flavor=dataclasses.asdict(flavor),
                             network=net_record, created=time.time(),
@@ -317,18 +424,35 @@ class LocalCloud(object):
                             cmdline=prepared.cmdline)
             self._save(inst)
             if start:
-                self.host.define_and_start(prepared.xml)
+                self.host.define_and_start(xml)
             else:
-                self.host.conn.defineXML(prepared.xml)
+                self.host.conn.defineXML(xml)
         except BaseException:
-            self.host.destroy(DOMAIN_PREFIX + name)
-            if net is not None and net.kind == 'bridge':
-                priv_net.delete_link(net.tap, netns=self.netns)
+            # Only what this call made: the domain with our mark (found by
+            # our fresh uuid, never by name), our tap, our instance dir.
+            try:
+                self.host.destroy_owned(owner, name)
+            except Exception as e:
+                LOG.warning("Instance %(name)s: clean-up of its domain "
+                            "failed: %(err)s", {'name': name, 'err': e})
+            for tap in taps:
+                priv_net.delete_link(tap, netns=self.netns)
             shutil.rmtree(os.path.join(self.instances_path, inst_uuid),
                           ignore_errors=True)
             raise
         inst.state = self._state(inst)
         return inst
+
+    def _check_domain_name(self, name):
+        """Refuse a name whose libvirt domain exists (from anywhere)."""
+        dom = self.host.lookup(DOMAIN_PREFIX + name)
+        if dom is None:
+            return
+        owner = self.host.owner_of(dom)
+        raise exception.DomainNameTaken(
+            name=name, domain=DOMAIN_PREFIX + name,
+            owner="made from state directory %s" % owner.state_dir
+            if owner else "not made by amiboot")
 
     def wait_ready(self, inst, timeout=None, progress=None):
         """Follow the console until the ready pattern (or the guest stops).
@@ -336,13 +460,19 @@ class LocalCloud(object):
         Returns 'ready' or 'stopped' (a guest that powers off after its
         work, like the test images, is done, not failed).
         """
-        pattern = re.compile(self.conf.amiboot.ready_pattern)
+        try:
+            pattern = re.compile(self.conf.amiboot.ready_pattern)
+        except re.error as e:
+            raise exception.InvalidInput(
+                reason="Instance %s: [amiboot] ready_pattern is not a "
+                       "regular expression: %s" % (inst.name, e))
         timeout = timeout or self.conf.amiboot.boot_timeout
         try:
             guest.wait_for_console(self.host, inst.domain_name,
                                    self.console_log(inst),
                                    lambda t: bool(pattern.search(t)),
-                                   timeout, progress=progress)
+                                   timeout, progress=progress,
+                                   owner=self.owner(inst))
             return 'ready'
         except guest.GuestError as e:
             if 'stopped before it was ready' in str(e) and \
@@ -353,7 +483,7 @@ class LocalCloud(object):
 
     def stop(self, name, timeout=30):
         inst = self.get(name)
-        dom = self.host.lookup(inst.domain_name)
+        dom = self._domain(inst)
         if dom is not None and dom.isActive():
             try:
                 dom.shutdown()      # ACPI power button
@@ -368,7 +498,7 @@ class LocalCloud(object):
 
     def start(self, name):
         inst = self.get(name)
-        dom = self.host.lookup(inst.domain_name)
+        dom = self._domain(inst)
         if dom is None:
             raise exception.InvalidInput(
                 reason="instance %s has no libvirt domain" % name)
@@ -379,7 +509,7 @@ class LocalCloud(object):
     def delete(self, name):
         """Remove domain, tap and instance dir; never a cached base."""
         inst = self.get(name)
-        self.host.destroy(inst.domain_name)
+        self.host.destroy_owned(self.owner(inst), inst.name)
         if inst.network.get('kind') == 'bridge':
             priv_net.delete_link(inst.network['tap'], netns=self.netns)
         shutil.rmtree(os.path.join(self.instances_path, inst.uuid))

@@ -153,3 +153,38 @@ class E2fsRequestRefused(AmibootException):
 class GuestFileTooLarge(InjectionFailed):
     msg_fmt = ("Instance %(instance)s: %(path)s in the guest is %(size)d "
                "bytes, over the limit of %(limit)d bytes for reading it.")
+
+
+# --- hostile input, the embedded route's ownership of domains ---------------
+
+class InvalidBootParameter(BootParameterDenied):
+    # A subclass of BootParameterDenied: every caller that refuses a denied
+    # parameter (the nova route maps it to InvalidInput) refuses these too.
+    msg_fmt = ("Instance %(instance)s: boot parameter %(param)s is refused: "
+               "%(reason)s.")
+
+
+class InvalidCommandLine(InvalidImage):
+    msg_fmt = ("Instance %(instance)s: the kernel command line of image "
+               "%(image)s cannot be used: %(reason)s.")
+
+
+class InvalidDomain(AmibootException):
+    msg_fmt = ("Instance %(instance)s: cannot write its libvirt domain: "
+               "%(reason)s")
+
+
+class DomainNotOwned(AmibootException):
+    msg_fmt = ("Instance %(instance)s: libvirt domain %(domain)s was not "
+               "created from state directory %(state_dir)s; leaving it "
+               "alone.")
+
+
+class InvalidInterfaceName(InvalidInput):
+    msg_fmt = ("Bad network interface name %(name)s: use 1 to 15 letters, "
+               "digits, '_', '.' or '-'.")
+
+
+class DomainNameTaken(InstanceExists):
+    msg_fmt = ("Instance %(name)s: libvirt domain %(domain)s exists already "
+               "(%(owner)s); choose another name.")

@@ -9,6 +9,7 @@ import time
 import libvirt
 from oslo_log import log as logging
 
+from nova_amiboot import domain
 from nova_amiboot import exception
 
 LOG = logging.getLogger(__name__)
@@ -66,19 +67,70 @@ class Host(object):
         return dom is not None and dom.isActive() == 1
 
     def destroy(self, name, undefine=True):
-        """Stop the domain if it runs; undefine it. Missing is fine."""
+        """Stop the domain if it runs; undefine it. Missing is fine.
+
+        By name, for test beds that own their names; the embedded route
+        uses destroy_owned().
+        """
         dom = self.lookup(name)
-        if dom is None:
-            return
+        if dom is not None:
+            self._destroy(dom, undefine)
+
+    def _destroy(self, dom, undefine=True):
         if dom.isActive():
             try:
                 dom.destroy()
             except libvirt.libvirtError as e:
                 if dom.isActive():
                     raise
-                LOG.debug("destroy of %s raced its shutdown: %s", name, e)
+                LOG.debug("destroy of %s raced its shutdown: %s",
+                          dom.name(), e)
         if undefine:
             dom.undefine()
+
+    # --- domains with an owner mark (the embedded route) ------------------
+
+    @staticmethod
+    def owner_of(dom):
+        """The domain.Owner in ``dom``'s metadata, or None."""
+        try:
+            text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                domain.OWNER_NS)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            raise
+        return domain.parse_owner(text)
+
+    def owned(self, owner, name=None):
+        """The domain that ``owner`` made, or None when it has none.
+
+        Found by the instance's uuid (which is the domain's), never by
+        name, and returned only with ``owner``'s mark in its metadata:
+        anything else is DomainNotOwned.
+        """
+        try:
+            dom = self.conn.lookupByUUIDString(owner.instance)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+        if self.owner_of(dom) != owner:
+            raise exception.DomainNotOwned(
+                instance=name or owner.instance, domain=dom.name(),
+                state_dir=owner.state_dir)
+        return dom
+
+    def is_running_owned(self, owner, name=None):
+        dom = self.owned(owner, name)
+        return dom is not None and dom.isActive() == 1
+
+    def destroy_owned(self, owner, name=None, undefine=True):
+        """destroy() for the domain ``owner`` made; missing is fine."""
+        dom = self.owned(owner, name)
+        if dom is not None:
+            self._destroy(dom, undefine)
+        return dom is not None
 
 
 def read_console(path):
@@ -91,8 +143,11 @@ def read_console(path):
 
 
 def wait_for_console(host, name, log_path, done, timeout,
-                     progress=None, poll=0.5):
+                     progress=None, poll=0.5, owner=None):
     """Wait until ``done(text)`` is true for the serial log of ``name``.
+
+    With ``owner`` (a domain.Owner), the domain is the one it made, not
+    whatever has the name.
 
     Returns the log text. Raises GuestError when the guest stops first or
     the timeout passes, with the log's tail in the message so the operator
@@ -103,7 +158,9 @@ def wait_for_console(host, name, log_path, done, timeout,
         text = read_console(log_path)
         if done(text):
             return text
-        if not host.is_running(name):
+        running = (host.is_running(name) if owner is None
+                   else host.is_running_owned(owner, name))
+        if not running:
             # The last lines may land after the domain stopped.
             time.sleep(poll)
             text = read_console(log_path)

@@ -70,13 +70,13 @@ class Prepared:
     timings: dict
 
 
-def _link_or_copy(src, dst):
-    # A hard link shares the base without a copy and marks it as used
-    # (same inode) for the cache's clean-up; another filesystem needs a copy.
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+def _private_copy(src, dst):
+    # A copy, as nova makes (its Flat backend), not a hard link: libvirt
+    # chowns the domain's kernel and initrd to the QEMU user while the guest
+    # runs, and through a link that would hand the shared base to every
+    # guest's QEMU to write. The copy is the instance's own.
+    shutil.copyfile(src, dst)
+    os.chmod(dst, 0o644)
 
 
 def fetch_triplet(cache, image_id):
@@ -138,7 +138,7 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
     cmdline = domain.build_cmdline(
         conf.amiboot.default_cmdline, ami.properties.get('os_command_line'),
         req.boot_params, conf.amiboot.allowed_boot_params,
-        instance=req.name)
+        instance=req.name, image=req.image_id)
     _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id)
     facts = grow.base_facts(root.path, conf)
     timings['fetch'] = time.monotonic() - t0
@@ -158,8 +158,8 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
         timings['customise'] = time.monotonic() - t
         kpath = os.path.join(idir, 'kernel')
         rpath = os.path.join(idir, 'ramdisk')
-        _link_or_copy(kernel.path, kpath)
-        _link_or_copy(ramdisk.path, rpath)
+        _private_copy(kernel.path, kpath)
+        _private_copy(ramdisk.path, rpath)
         log = os.path.join(idir, 'console.log')
         spec = domain.DomainSpec(
             name=req.domain_name or req.name, uuid=req.uuid,
@@ -167,6 +167,7 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
             vcpus=req.flavor.vcpus, kernel=kpath, initrd=rpath,
             cmdline=cmdline, disk_path=disk, disk_format=fmt,
             console_log=log,
+            backing_file=root.path if fmt == 'qcow2' else None,
             virt_type=virt_type or conf.amiboot.virt_type,
             network=req.network, vnc=conf.amiboot.enable_vnc,
             metadata={'image': req.image_id, 'flavor': req.flavor.name})

@@ -229,7 +229,7 @@ def cmd_console(cloud, args):
             seen += len(chunk)
             sys.stdout.write(chunk.decode('utf-8', 'replace'))
             sys.stdout.flush()
-            if not chunk and not cloud.host.is_running(inst.domain_name):
+            if not chunk and not cloud.is_running(inst):
                 break
 
 

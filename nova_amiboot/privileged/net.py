@@ -10,14 +10,29 @@ import re
 from pyroute2 import IPRoute
 from pyroute2 import NetNS
 
+from nova_amiboot import exception
 import nova_amiboot.privileged
 
-_NAME = re.compile(r'^[A-Za-z0-9_.-]{1,15}$')
+# Linux takes up to 15 bytes and no '/', ':' or whitespace; fullmatch, so a
+# trailing newline does not pass as it did with '$'. '.' and '..' are not
+# names.
+_NAME = re.compile(r'[A-Za-z0-9_.-]{1,15}')
 
 
-def _check(name):
-    if not _NAME.match(name or ''):
-        raise ValueError("bad interface name %r" % name)
+def check_name(name):
+    """Raise InvalidInterfaceName unless ``name`` is a plain ifname.
+
+    The root side calls this on every argument itself; callers may call it
+    first to refuse bad input before doing any work.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or \
+            name in ('.', '..'):
+        shown = (name.encode('unicode_escape').decode('ascii')[:40]
+                 if isinstance(name, str) else repr(name)[:40])
+        raise exception.InvalidInterfaceName(name=shown)
+
+
+_check = check_name
 
 
 @contextlib.contextmanager
@@ -49,16 +64,19 @@ def ensure_bridge(bridge, netns=None):
 
 @nova_amiboot.privileged.net_pctxt.entrypoint
 def add_tap(tap, bridge, mac=None, netns=None):
-    """A persistent tap enslaved to ``bridge``, up."""
+    """A persistent tap enslaved to ``bridge``, up. Returns created."""
     _check(tap)
     _check(bridge)
     with _ipr(netns) as ipr:
         master = _index(ipr, bridge)
         if master is None:
-            raise ValueError("no bridge %s" % bridge)
+            raise exception.InvalidInput(reason="no bridge %s" % bridge)
+        created = False
         if _index(ipr, tap) is None:
             ipr.link('add', ifname=tap, kind='tuntap', mode='tap')
+            created = True
         ipr.link('set', index=_index(ipr, tap), master=master, state='up')
+        return created
 
 
 @nova_amiboot.privileged.net_pctxt.entrypoint

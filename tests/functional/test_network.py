@@ -6,6 +6,7 @@ import unittest
 import uuid
 
 from nova_amiboot import embedded
+from nova_amiboot import exception
 from nova_amiboot import privileged
 from nova_amiboot.privileged import net as priv_net
 from tests.functional import base
@@ -42,11 +43,18 @@ class TestBridgeTap(unittest.TestCase):
         self.assertIsNone(priv_net.link_info('taptest0', netns=self.ns))
 
     def test_bad_names_and_missing_bridge(self):
-        for bad in ('', 'x' * 16, 'a b', '../x'):
-            self.assertRaises(ValueError, priv_net.ensure_bridge, bad,
-                              netns=self.ns)
-        self.assertRaises(ValueError, priv_net.add_tap, 'tapx', 'nobr',
-                          netns=self.ns)
+        # The root side checks every name itself (fullmatch: a trailing
+        # newline passed the old '$' anchor).
+        for bad in ('', 'x' * 16, 'a b', '../x', 'br0\n', '.', '..',
+                    'br\x00', 'br\u00e9', None, 5):
+            for call in (priv_net.ensure_bridge, priv_net.delete_link,
+                         priv_net.link_info):
+                self.assertRaises(exception.InvalidInterfaceName, call, bad,
+                                  netns=self.ns)
+            self.assertRaises(exception.InvalidInterfaceName,
+                              priv_net.add_tap, bad, 'br0', netns=self.ns)
+        self.assertRaises(exception.InvalidInput, priv_net.add_tap, 'tapx',
+                          'nobr', netns=self.ns)
 
 
 class TestCloudBridgeNetwork(base.RealToolsTestCase):
@@ -63,12 +71,20 @@ class TestCloudBridgeNetwork(base.RealToolsTestCase):
                                     netns=self.ns)
         self.addCleanup(cloud.close)
         inst_uuid = str(uuid.uuid4())
-        net, record = cloud._network('bridge:brlab', inst_uuid)
+        taps = []
+        net, record = cloud._network('bridge:brlab', inst_uuid, taps)
+        self.assertEqual([net.tap], taps)
+        tap = net.tap
         self.assertEqual('bridge', net.kind)
         self.assertEqual(record['tap'], net.tap)
         self.assertEqual('brlab', priv_net.link_info(
             net.tap, netns=self.ns)['master'])
-        net, record = cloud._network('user', inst_uuid)
+        net, record = cloud._network('user', inst_uuid, taps)
         self.assertEqual(((record['ssh_port'], 22),), net.hostfwd)
-        self.assertRaises(embedded.exception.InvalidInput, cloud._network,
-                          'wifi', inst_uuid)
+        for bad in ('wifi', 'bridge:', 'bridge:br0\n', 'bridge:a b',
+                    'user\n', 'bridge:' + 'x' * 16):
+            self.assertRaises(exception.InvalidInput, embedded.parse_network,
+                              bad)
+            self.assertRaises(exception.InvalidInput, cloud._network, bad,
+                              inst_uuid, taps)
+        self.assertEqual([tap], taps)

@@ -74,12 +74,17 @@ class TestPrepare(base.RealToolsTestCase):
             self.assertFalse(inject.inject_key(fs, KEY))
             self.assertEqual(keys.encode(),
                              fs.read('/root/.ssh/authorized_keys'))
-        # Kernel and ramdisk are the cached bases, linked, not copied.
+        # Kernel and ramdisk are the instance's own copies of the cached
+        # bases (libvirt chowns them to the QEMU user while it runs).
         c = self.make_cache()
         for part, image_id in (('kernel', ami.kernel_id),
                                ('ramdisk', ami.ramdisk_id)):
-            self.assertEqual(os.stat(c.path_for(image_id)).st_ino,
-                             os.stat(getattr(p, part)).st_ino)
+            base_st = os.stat(c.path_for(image_id))
+            self.assertNotEqual(base_st.st_ino,
+                                os.stat(getattr(p, part)).st_ino)
+            with open(c.path_for(image_id), 'rb') as a, \
+                    open(getattr(p, part), 'rb') as b:
+                self.assertEqual(a.read(), b.read())
         self.assertIn('<kernel>%s</kernel>' % p.kernel, p.xml)
 
     def last_checked(self, target):

@@ -122,3 +122,96 @@ class TestDomainXML(unittest.TestCase):
         iface = root.find('devices/interface')
         self.assertEqual('ethernet', iface.get('type'))
         self.assertEqual('tap1', iface.find('target').get('dev'))
+
+    def test_unwritable_values_are_clear_errors(self):
+        # lxml refuses NUL and control characters with a ValueError; the
+        # caller gets an error naming the instance instead.
+        for kw in ({'disk_path': '/i/di\x00sk'}, {'console_log': '/i/\x01'},
+                   {'network': domain.Network('bogus')}):
+            with self.subTest(kw):
+                with self.assertRaises(exception.InvalidDomain) as cm:
+                    domain.build_domain_xml(_spec(**kw))
+                self.assertIn('inst-1', cm.exception.message)
+
+    def test_shared_base_is_not_relabelled(self):
+        root = etree.fromstring(domain.build_domain_xml(
+            _spec(backing_file='/b/base')))
+        store = root.find('devices/disk/backingStore')
+        self.assertEqual('raw', store.find('format').get('type'))
+        src = store.find('source')
+        self.assertEqual('/b/base', src.get('file'))
+        self.assertEqual(('dac', 'no'), (src.find('seclabel').get('model'),
+                                         src.find('seclabel').get('relabel')))
+        # The chain ends there: libvirt probes nothing further.
+        self.assertEqual(0, len(store.find('backingStore')))
+        # The instance's own overlay keeps libvirt's labelling.
+        self.assertIsNone(root.find('devices/disk/source/seclabel'))
+        self.assertIsNone(etree.fromstring(domain.build_domain_xml(
+            _spec())).find('devices/disk/backingStore'))
+
+
+class TestOwnerMark(unittest.TestCase):
+
+    OWNER = domain.Owner('/var/lib/amiboot', 'a6f0e2a4-0000-4000-8000-1')
+
+    def test_spec_owner_round_trip(self):
+        xml = domain.build_domain_xml(_spec(owner=self.OWNER,
+                                            metadata={'image': 'i'}))
+        self.assertEqual(self.OWNER, domain.parse_owner(xml))
+        root = etree.fromstring(xml)
+        self.assertEqual('i', root.findtext(
+            'metadata/{%s}instance/{%s}image' % (domain.AMIBOOT_NS,
+                                                 domain.AMIBOOT_NS)))
+
+    def test_set_owner_replaces_and_adds(self):
+        xml = domain.build_domain_xml(_spec())
+        self.assertIsNone(domain.parse_owner(xml))
+        marked = domain.set_owner(xml, self.OWNER)
+        self.assertEqual(self.OWNER, domain.parse_owner(marked))
+        other = domain.Owner('/elsewhere', 'x')
+        remarked = domain.set_owner(marked, other)
+        self.assertEqual(other, domain.parse_owner(remarked))
+        self.assertEqual(1, remarked.count('state-dir='))
+        # metadata sits after <uuid>, as libvirt expects.
+        root = etree.fromstring(marked)
+        self.assertEqual('uuid', root.find('metadata').getprevious().tag)
+
+    def test_libvirt_api_form_and_garbage(self):
+        # virDomainGetMetadata returns the element without its namespace.
+        self.assertEqual(domain.Owner('/s', 'u'), domain.parse_owner(
+            '<owner state-dir="/s" instance="u"/>'))
+        for text in (None, '', '<owner/>', '<owner state-dir="/s"/>',
+                     'not xml', '<other state-dir="/s" instance="u"/>'):
+            with self.subTest(text):
+                self.assertIsNone(domain.parse_owner(text))
+
+    def test_state_dir_with_control_characters(self):
+        with self.assertRaises(exception.InvalidDomain):
+            domain.set_owner(domain.build_domain_xml(_spec()),
+                             domain.Owner('/tmp/a\x01', 'u'), 'vm-z')
+
+
+class TestAddBackingStore(unittest.TestCase):
+    """For domains written by someone else (nova's XML)."""
+
+    def test_marks_the_named_disk_only(self):
+        xml = domain.build_domain_xml(_spec())
+        out = domain.add_backing_store(xml, '/i/disk', '/b/base')
+        again = domain.add_backing_store(out, '/i/disk', '/b/base2')
+        for text, base in ((out, '/b/base'), (again, '/b/base2')):
+            root = etree.fromstring(text)
+            stores = root.findall('devices/disk/backingStore')
+            self.assertEqual(1, len(stores))
+            self.assertEqual(base, stores[0].find('source').get('file'))
+            self.assertEqual('no', stores[0].find(
+                'source/seclabel').get('relabel'))
+            self.assertEqual('source',
+                             stores[0].getprevious().tag)
+        self.assertEqual(out, domain.add_backing_store(
+            domain.build_domain_xml(_spec(backing_file='/b/base')),
+            '/i/disk', '/b/base'))
+
+    def test_unknown_disk_is_an_error(self):
+        self.assertRaises(exception.InvalidDomain, domain.add_backing_store,
+                          domain.build_domain_xml(_spec()), '/other',
+                          '/b/base', instance='vm-q')
