@@ -79,14 +79,26 @@ def _link_or_copy(src, dst):
         shutil.copyfile(src, dst)
 
 
-def fetch_triplet(cache, image_id):
-    """Fetch AMI, AKI, ARI; return (ami meta, root, kernel, ramdisk)."""
+def fetch_triplet(cache, image_id, flavor=None, instance='?'):
+    """Fetch AMI, AKI, ARI; return (ami meta, root, kernel, ramdisk).
+
+    With ``flavor``, an AMI larger than its root disk is refused before it
+    is converted or cached (a refused image leaves nothing in ``_base``).
+    """
     ami = cache.source.get_meta(image_id)
     if not ami.kernel_id or not ami.ramdisk_id:
         raise exception.InvalidImage(
             image=image_id, reason="it is not an AMI: kernel_id and "
             "ramdisk_id properties are required")
-    root = cache.fetch(image_id, 'ami')
+    limit = flavor.root_gb * GiB if flavor else None
+    try:
+        root = cache.fetch(image_id, 'ami', max_virtual_size=limit)
+    except exception.ImageTooLarge as e:
+        if limit is None or e.kwargs.get('limit') != limit:
+            raise
+        raise exception.FlavorDiskTooSmall(instance=instance, flavor=limit,
+                                           needed=e.kwargs['size'],
+                                           image=image_id)
     kernel = cache.fetch(ami.kernel_id, 'aki')
     ramdisk = cache.fetch(ami.ramdisk_id, 'ari')
     return ami, root, kernel, ramdisk
@@ -130,6 +142,25 @@ def customise(target, req, conf, facts):
     return grown
 
 
+def _claim_instance_dir(idir, req):
+    """Create the instance dir; replace one left by an interrupted spawn.
+
+    prepare() is called for an instance that has no disk yet (nova's spawn,
+    ``amiboot boot``); a directory already there with this uuid is what a
+    killed attempt left (its own clean-up never ran), so a retry starts
+    again from nothing.
+    """
+    try:
+        os.makedirs(idir, mode=0o755)
+        return
+    except FileExistsError:
+        pass
+    LOG.warning("Instance %(name)s: removing %(dir)s left by an interrupted "
+                "spawn", {'name': req.name, 'dir': idir})
+    shutil.rmtree(idir)
+    os.makedirs(idir, mode=0o755)
+
+
 def prepare(conf, cache, req, virt_type=None, attach_method=None):
     """Prepare instance ``req`` under the cache's instances dir."""
     timings = {}
@@ -139,12 +170,22 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
         conf.amiboot.default_cmdline, ami.properties.get('os_command_line'),
         req.boot_params, conf.amiboot.allowed_boot_params,
         instance=req.name)
-    _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id)
+    # Pinned until the disk and the links mark the bases as used: a cache
+    # clean-up running meanwhile must not take them.
+    with cache.pinning():
+        return _prepare(conf, cache, req, cmdline, virt_type, attach_method,
+                        timings, t0)
+
+
+def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
+             t0):
+    _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id,
+                                                req.flavor, req.name)
     facts = grow.base_facts(root.path, conf)
     timings['fetch'] = time.monotonic() - t0
 
     idir = os.path.join(cache.instances_path, req.uuid)
-    os.makedirs(idir, mode=0o755)
+    _claim_instance_dir(idir, req)
     try:
         t = time.monotonic()
         disk = os.path.join(idir, 'disk')
@@ -171,8 +212,13 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
             network=req.network, vnc=conf.amiboot.enable_vnc,
             metadata={'image': req.image_id, 'flavor': req.flavor.name})
         xml = domain.build_domain_xml(spec)
-        with open(os.path.join(idir, 'libvirt.xml'), 'w') as f:
+        # Complete or absent: a killed spawn never leaves half an XML.
+        xml_path = os.path.join(idir, 'libvirt.xml')
+        with open(xml_path + '.part', 'w') as f:
             f.write(xml)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(xml_path + '.part', xml_path)
     except BaseException:
         shutil.rmtree(idir, ignore_errors=True)
         raise
