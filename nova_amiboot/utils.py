@@ -49,13 +49,24 @@ def execute(*cmd, **kwargs):
     except processutils.ProcessExecutionError as e:
         raise exception.CommandFailed(
             cmd=name, code=e.exit_code,
-            stderr=(e.stderr or e.stdout or '').strip())
+            stderr=one_line(e.stderr or e.stdout or ''))
     except subprocess.TimeoutExpired:
         # processutils leaves the child running when communicate() times
         # out: kill it (and reap it) so nothing outlives the call.
         for proc in procs:
             _kill(proc)
         raise exception.CommandTimeout(cmd=name, timeout=timeout)
+
+
+def one_line(text, limit=500):
+    """Tool output as one bounded line, for an error message.
+
+    Errors are one line (the CLI prints them as such, nova shows them as
+    the fault); a tool's multi-line stderr would break that, and output
+    shaped by an untrusted image must not run on for pages.
+    """
+    text = ' '.join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + ' ...'
 
 
 def _kill(proc):

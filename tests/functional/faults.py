@@ -1,0 +1,53 @@
+"""Helpers of the fault and fuzz tests: figures and leak checks."""
+
+import os
+import sys
+
+from tests.functional import base
+
+
+def figure(line):
+    """Print a reliability figure where CI's log shows it.
+
+    pytest captures sys.stdout and sys.stderr; the figure goes to the real
+    stderr, and into the file $AMIBOOT_FIGURES when that is set.
+    """
+    sys.__stderr__.write('\n%s\n' % line)
+    sys.__stderr__.flush()
+    path = os.environ.get('AMIBOOT_FIGURES')
+    if path:
+        with open(path, 'a') as f:
+            f.write(line + '\n')
+
+
+def processes_mentioning(name, text):
+    """PIDs of live ``name`` processes with ``text`` in their command line.
+
+    Other tests on this host run their own daemons; a test looks for those
+    that name its own paths.
+    """
+    found = []
+    for pid in base.live_processes(name):
+        try:
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                if text.encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def owner_pid(path):
+    """The pid in a scratch dir's owner file (utils.owned_tempdir)."""
+    try:
+        with open(os.path.join(path, 'owner')) as f:
+            return int(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def mounts_under(text):
+    """FUSE mount points whose path contains ``text``."""
+    with open('/proc/self/mountinfo') as f:
+        return [line.split()[4] for line in f
+                if text in line.split()[4]]
