@@ -105,7 +105,8 @@ def _release_stale_export(workdir):
         with open(os.path.join(workdir, 'pid')) as f:
             pid = int(f.read().strip())
         with open('/proc/%d/comm' % pid) as f:
-            ours = f.read().strip() == 'qemu-storage-d'
+            # comm is cut at 15 characters.
+            ours = f.read().strip() == 'qemu-storage-daemon'[:15]
     except (OSError, ValueError):
         ours = False
     if ours:

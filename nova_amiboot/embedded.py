@@ -281,9 +281,37 @@ class LocalCloud(object):
         return (self.host.conn.getLibVersion() >= 9002000
                 and shutil.which('passt') is not None)
 
+    def _reap_interrupted(self):
+        """Remove what boots killed midway left (kill -9, power loss).
+
+        spawn marks an instance dir until the boot is complete; a mark of a
+        dead process means no clean-up ran. Its domain (defined only after
+        the record is saved) goes only if it carries this instance's uuid.
+        """
+        for entry in os.listdir(self.instances_path):
+            idir = os.path.join(self.instances_path, entry)
+            if entry in ('_base', 'locks') or not os.path.isdir(idir) or \
+                    not spawn.interrupted(idir):
+                continue
+            LOG.warning("Removing %s, left by an interrupted boot", idir)
+            try:
+                with open(os.path.join(idir, RECORD)) as f:
+                    inst = Instance(**json.load(f))
+            except (OSError, ValueError, TypeError):
+                inst = None
+            if inst is not None:
+                dom = self.host.lookup(inst.domain_name)
+                if dom is not None and dom.UUIDString() == inst.uuid:
+                    self.host.destroy(inst.domain_name)
+                if inst.network.get('kind') == 'bridge':
+                    priv_net.delete_link(inst.network['tap'],
+                                         netns=self.netns)
+            shutil.rmtree(idir, ignore_errors=True)
+
     def boot(self, name, image, flavor, key_file=None, boot_params=(),
              user_data=None, network='user', start=True):
         _check_name('instance', name)
+        self._reap_interrupted()
         if any(i.name == name for i in self.list_instances()):
             raise exception.InstanceExists(name=name)
         meta = self.find_image(image)
@@ -316,6 +344,7 @@ class LocalCloud(object):
                 self.host.define_and_start(prepared.xml)
             else:
                 self.host.conn.defineXML(prepared.xml)
+            spawn.finished(prepared.instance_dir)
         except BaseException:
             self.host.destroy(DOMAIN_PREFIX + name)
             if net is not None and net.kind == 'bridge':

@@ -24,6 +24,7 @@ from nova_amiboot import domain
 from nova_amiboot import exception
 from nova_amiboot import grow
 from nova_amiboot import inject
+from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
 
@@ -142,23 +143,43 @@ def customise(target, req, conf, facts):
     return grown
 
 
-def _claim_instance_dir(idir, req):
-    """Create the instance dir; replace one left by an interrupted spawn.
+BUILDING = '.amiboot-building'
 
-    prepare() is called for an instance that has no disk yet (nova's spawn,
-    ``amiboot boot``); a directory already there with this uuid is what a
-    killed attempt left (its own clean-up never ran), so a retry starts
-    again from nothing.
+
+def _claim_instance_dir(idir, req):
+    """Create the instance dir, marked as being built by this process.
+
+    The mark (utils.owned_tempdir's owner format) stays until the caller
+    calls finished(): a directory whose mark names a dead process is what a
+    killed spawn left (its own clean-up never ran). A retry for the same
+    instance starts again from nothing; interrupted() finds the others.
     """
+    if os.path.exists(idir):
+        if not interrupted(idir):
+            raise exception.InvalidInput(
+                reason="instance %s: %s exists already" % (req.name, idir))
+        LOG.warning("Instance %(name)s: removing %(dir)s left by an "
+                    "interrupted spawn", {'name': req.name, 'dir': idir})
+        shutil.rmtree(idir)
+    # Made aside and renamed: the directory never exists without its mark.
+    tmp = idir + '.new-%d' % os.getpid()
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp, mode=0o755)
+    utils.write_owner(os.path.join(tmp, BUILDING))
+    os.rename(tmp, idir)
+
+
+def interrupted(idir):
+    """True if ``idir`` is an instance dir whose spawn died midway."""
+    return utils.owner_dead(os.path.join(idir, BUILDING))
+
+
+def finished(idir):
+    """The instance in ``idir`` is complete (its domain is defined)."""
     try:
-        os.makedirs(idir, mode=0o755)
-        return
-    except FileExistsError:
+        os.unlink(os.path.join(idir, BUILDING))
+    except FileNotFoundError:
         pass
-    LOG.warning("Instance %(name)s: removing %(dir)s left by an interrupted "
-                "spawn", {'name': req.name, 'dir': idir})
-    shutil.rmtree(idir)
-    os.makedirs(idir, mode=0o755)
 
 
 def prepare(conf, cache, req, virt_type=None, attach_method=None):

@@ -94,6 +94,27 @@ def _start_time(pid):
         return None
 
 
+def write_owner(path):
+    """Record this process (pid and start time) in file ``path``."""
+    pid = os.getpid()
+    with open(path, 'w') as f:
+        f.write('%d %s\n' % (pid, _start_time(pid)))
+
+
+def owner_dead(path):
+    """True if owner file ``path`` names a process that is gone.
+
+    False when there is no such file (or it is being written).
+    """
+    try:
+        with open(path) as f:
+            pid, start = f.read().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False
+    return _start_time(pid) != start
+
+
 def owned_tempdir(prefix):
     """mkdtemp() that records its owner (pid and start time).
 
@@ -101,20 +122,8 @@ def owned_tempdir(prefix):
     recognises its directories by the dead owner and removes them.
     """
     path = tempfile.mkdtemp(prefix=prefix)
-    pid = os.getpid()
-    with open(os.path.join(path, _OWNER), 'w') as f:
-        f.write('%d %s\n' % (pid, _start_time(pid)))
+    write_owner(os.path.join(path, _OWNER))
     return path
-
-
-def _owner_alive(path):
-    try:
-        with open(os.path.join(path, _OWNER)) as f:
-            pid, start = f.read().split()
-    except (OSError, ValueError):
-        # Being created right now (owner not written yet), or not ours.
-        return True
-    return _start_time(int(pid)) == start
 
 
 def reap_stale_tempdirs(prefix, release=None):
@@ -126,7 +135,8 @@ def reap_stale_tempdirs(prefix, release=None):
     removed = []
     for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()),
                                        prefix + '*')):
-        if not os.path.isdir(path) or _owner_alive(path):
+        if not os.path.isdir(path) or \
+                not owner_dead(os.path.join(path, _OWNER)):
             continue
         LOG.warning("Removing %s, left by a process that died", path)
         if release:

@@ -51,3 +51,26 @@ def mounts_under(text):
     with open('/proc/self/mountinfo') as f:
         return [line.split()[4] for line in f
                 if text in line.split()[4]]
+
+
+def orphaned_daemons(pids):
+    """qemu-storage-daemons of an export made by one of ``pids``.
+
+    Their export dir names the process that made it (owner file); a dir
+    already removed means the daemon outlived its clean-up.
+    """
+    found = []
+    for pid in base.live_processes('qemu-storage-daemon'):
+        try:
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                args = f.read().decode(errors='replace').split('\0')
+        except OSError:
+            continue
+        if '--pidfile' not in args:
+            continue
+        workdir = os.path.dirname(args[args.index('--pidfile') + 1])
+        if 'amiboot-export-' not in workdir:
+            continue
+        if not os.path.isdir(workdir) or owner_pid(workdir) in pids:
+            found.append(pid)
+    return found
