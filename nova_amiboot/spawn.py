@@ -12,6 +12,7 @@ keeps only complete, checked bases.
 """
 
 import dataclasses
+import errno
 import os
 import shutil
 import time
@@ -146,6 +147,14 @@ def customise(target, req, conf, facts):
 BUILDING = '.amiboot-building'
 
 
+def _disk_full(e):
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    return isinstance(e, exception.AmibootException) and \
+        not isinstance(e, exception.DiskFull) and \
+        'No space left on device' in str(e)
+
+
 def _claim_instance_dir(idir, req):
     """Create the instance dir, marked as being built by this process.
 
@@ -240,8 +249,14 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
             f.flush()
             os.fsync(f.fileno())
         os.replace(xml_path + '.part', xml_path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(idir, ignore_errors=True)
+        if _disk_full(e):
+            # Whichever tool met it (qemu-img, the FUSE export under
+            # e2fsprogs, our own writes), the cause is the same.
+            raise exception.DiskFull(
+                path=cache.instances_path,
+                action="preparing instance %s" % req.name) from e
         raise
     timings['total'] = time.monotonic() - t0
     LOG.info("Instance %(name)s prepared in %(t).3fs (%(steps)s)",

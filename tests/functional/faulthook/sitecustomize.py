@@ -7,6 +7,9 @@ production code carries no hook. Environment:
 - AMIBOOT_FAULT_LOG: append each step reached (``name n``, n counting
   from 1 per name) to this file; a run without a kill lists the steps.
 - AMIBOOT_KILL_AT: ``name n``: SIGKILL ourselves at the n-th ``name``.
+- AMIBOOT_FILL_AT and AMIBOOT_FILL_FILE: at step ``name n`` fill the
+  filesystem of AMIBOOT_FILL_FILE (writing that file until ENOSPC) and go
+  on: what follows meets a full disk.
 
 Steps: ``download`` (first chunk written), ``inspect``, ``run:<tool>``
 (the tool started and still running: qemu-img info/convert/create,
@@ -31,6 +34,7 @@ def _install():
 
     log = os.environ.get('AMIBOOT_FAULT_LOG')
     kill_at = os.environ.get('AMIBOOT_KILL_AT')
+    fill_at = os.environ.get('AMIBOOT_FILL_AT')
     seen = collections.Counter()
 
     def reached(name):
@@ -40,7 +44,25 @@ def _install():
         if log:
             with open(log, 'a') as f:
                 f.write(step + '\n')
+        if step == fill_at:
+            fill(os.environ['AMIBOOT_FILL_FILE'])
         return step == kill_at
+
+    def fill(path):
+        block = b'\xa5' * (1 << 16)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            while True:
+                os.write(fd, block)
+        except OSError:
+            pass
+        try:
+            while True:
+                os.write(fd, b'\xa5')
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
