@@ -173,9 +173,17 @@ def _claim_instance_dir(idir, req):
     # Made aside and renamed: the directory never exists without its mark.
     tmp = idir + '.new-%d' % os.getpid()
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp, mode=0o755)
-    utils.write_owner(os.path.join(tmp, BUILDING))
-    os.rename(tmp, idir)
+    try:
+        os.makedirs(tmp, mode=0o755)
+        utils.write_owner(os.path.join(tmp, BUILDING))
+        os.rename(tmp, idir)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e):
+            raise exception.DiskFull(
+                path=os.path.dirname(idir),
+                action="preparing instance %s" % req.name) from e
+        raise
 
 
 def interrupted(idir):

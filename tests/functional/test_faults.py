@@ -258,15 +258,16 @@ class TestDiskFull(FaultTestCase):
         self.assertEqual(0, p.returncode, p.stderr)
         with open(log) as f:
             all_steps = f.read().splitlines()
-        # Each kind of step once (its first occurrence), and the last
-        # debugfs run (the one that writes user data).
-        steps, seen = [], set()
+        # Each kind of step once: its last occurrence (for the tools, the
+        # run on the instance disk rather than on the base's scratch
+        # overlay in /tmp), and the first debugfs run too.
+        last = {}
         for step in all_steps:
-            name = step.rsplit(' ', 1)[0]
-            if name not in seen and name != 'inspect':
-                seen.add(name)
-                steps.append(step)
-        steps.append([s for s in all_steps if s.startswith('run:debugfs')][-1])
+            last[step.rsplit(' ', 1)[0]] = step
+        last.pop('inspect')
+        steps = [s for s in all_steps if s in last.values()]
+        steps.insert(-1, [s for s in all_steps
+                          if s.startswith('run:debugfs')][0])
         expected = {n: _sha256(os.path.join(ref, '_base', n))
                     for n in os.listdir(os.path.join(ref, '_base'))}
         small = self.scratch('small')

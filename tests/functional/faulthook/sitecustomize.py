@@ -121,5 +121,6 @@ def _install():
     del attach
 
 
-if os.environ.get('AMIBOOT_FAULT_LOG') or os.environ.get('AMIBOOT_KILL_AT'):
+if any(os.environ.get(v) for v in ('AMIBOOT_FAULT_LOG', 'AMIBOOT_KILL_AT',
+                                   'AMIBOOT_FILL_AT')):
     _install()
