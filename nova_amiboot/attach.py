@@ -18,7 +18,6 @@ import glob
 import os
 import shutil
 import signal
-import tempfile
 import time
 
 from oslo_concurrency import lockutils
@@ -40,9 +39,12 @@ class Target(object):
     or 'file' (a plain file, such as a raw base in the cache).
     """
 
-    def __init__(self, path, method):
+    def __init__(self, path, method, timeout=None):
         self.path = path
         self.method = method
+        # Seconds each tool may run on the (untrusted) filesystem; a crafted
+        # one must not hang a spawn.
+        self.timeout = timeout
 
     def run(self, tool, args, ok_codes=(0,), size=None):
         """Run e2fsprogs' ``tool`` with ``args`` (see e2fs.OPTIONS).
@@ -114,12 +116,39 @@ def attached(disk, fmt, conf, method=None):
     else:
         raise ValueError(method)
     with cm as target:
+        target.timeout = conf.amiboot.fs_tool_timeout
         yield target
+
+
+_EXPORT_PREFIX = 'amiboot-export-'
+
+
+def _release_stale_export(workdir):
+    """Stop the daemon and drop the mount of a dead spawn's export."""
+    mnt = os.path.join(workdir, 'disk')
+    try:
+        with open(os.path.join(workdir, 'pid')) as f:
+            pid = int(f.read().strip())
+        with open('/proc/%d/comm' % pid) as f:
+            # comm is cut at 15 characters.
+            ours = f.read().strip() == 'qemu-storage-daemon'[:15]
+    except (OSError, ValueError):
+        ours = False
+    if ours:
+        _stop_daemon(pid, mnt, 10)
+    elif fuse_mounted(mnt):
+        utils.execute('fusermount3', '-u', '-z', mnt)
+
+
+def reap_stale_exports():
+    """Release FUSE exports whose spawn was killed (no finally ran)."""
+    return utils.reap_stale_tempdirs(_EXPORT_PREFIX, _release_stale_export)
 
 
 @contextlib.contextmanager
 def _fuse(disk, fmt, timeout):
-    workdir = tempfile.mkdtemp(prefix='amiboot-export-')
+    reap_stale_exports()
+    workdir = utils.owned_tempdir(_EXPORT_PREFIX)
     mnt = os.path.join(workdir, 'disk')
     pidfile = os.path.join(workdir, 'pid')
     open(mnt, 'w').close()

@@ -12,13 +12,17 @@ lock names for one file corrupted it in nova once (LP#1265452), and removing
 a base while another spawn used it broke instances (LP#1256838).
 """
 
+import contextlib
 import dataclasses
 import errno
+import glob
 import hashlib
 import json
 import os
+import threading
 import time
 
+import fasteners
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
@@ -31,6 +35,16 @@ LOG = logging.getLogger(__name__)
 # nova's lock_file_prefix: sharing the lock file with nova-compute's own
 # Image.cache() and image cache manager.
 LOCK_PREFIX = 'nova-'
+# A spawn holds a shared lock on ``locks/amiboot-use-<base name>`` from the
+# moment it is handed a base until its instance disk and links make the
+# base visibly used; clean() removes a base only when it can take that lock
+# exclusively. (An age threshold alone does not cover this window: with a
+# min age of 0 a base could go between fetch and overlay creation.)
+PIN_PREFIX = 'amiboot-use-'
+# fcntl locks belong to the process, and closing any descriptor of the file
+# drops them all: one shared lock per pinned base per process, counted.
+_PINS = {}      # base path -> [InterProcessReaderWriterLock, count]
+_PINS_LOCK = threading.Lock()
 
 
 def base_name(image_id):
@@ -56,21 +70,64 @@ class ImageCache(object):
         # progress(label, done, total): bytes fetched; total None when
         # unknown. Conversions report (label, 0, None) when they start.
         self.progress = progress
+        self._local = threading.local()
         os.makedirs(self.base_dir, mode=0o755, exist_ok=True)
 
     def _lock(self, name):
         return lockutils.lock(name, lock_file_prefix=LOCK_PREFIX,
                               external=True, lock_path=self.lock_path)
 
+    def _pin_lock(self, path):
+        os.makedirs(self.lock_path, exist_ok=True)
+        return fasteners.InterProcessReaderWriterLock(os.path.join(
+            self.lock_path, PIN_PREFIX + os.path.basename(path)))
+
+    @contextlib.contextmanager
+    def pinning(self):
+        """Keep every base fetched inside this block from clean-up.
+
+        The pins go when the block ends; by then the caller's instance disk
+        (backing file) and kernel/ramdisk links mark the bases as used.
+        """
+        pins = self._local.pins = []
+        try:
+            yield
+        finally:
+            self._local.pins = None
+            for path in pins:
+                with _PINS_LOCK:
+                    entry = _PINS[path]
+                    entry[1] -= 1
+                    if entry[1] == 0:
+                        entry[0].release_read_lock()
+                        del _PINS[path]
+
+    def _pin(self, path):
+        """Pin ``path`` if inside pinning(); call with the base's lock."""
+        pins = getattr(self._local, 'pins', None)
+        if pins is None:
+            return
+        with _PINS_LOCK:
+            entry = _PINS.get(path)
+            if entry is None:
+                lock = self._pin_lock(path)
+                lock.acquire_read_lock()
+                entry = _PINS[path] = [lock, 0]
+            entry[1] += 1
+        pins.append(path)
+
     def path_for(self, image_id):
         return os.path.join(self.base_dir, base_name(image_id))
 
-    def fetch(self, image_id, expected_format=None):
+    def fetch(self, image_id, expected_format=None, max_virtual_size=None):
         """Return a CachedImage for ``image_id``, fetching it if needed.
 
         ``expected_format`` (aki, ari, ami) refuses an image whose
         disk_format is another part of a triplet: an AMI whose kernel_id
         points at another AMI is an error, not a kernel.
+        ``max_virtual_size`` (bytes; for example the flavor's root disk)
+        refuses, before converting and without caching anything, an image
+        that would not fit where it is going.
         """
         meta = self.source.get_meta(image_id)
         if expected_format and meta.disk_format != expected_format and \
@@ -88,23 +145,61 @@ class ImageCache(object):
                     meta.disk_format
                 safety.recheck(path, claimed, image_id)
                 os.utime(path)
+                self._pin(path)
                 return CachedImage(image_id, path, 'raw',
                                    os.path.getsize(path))
-            info = self._download(meta, path)
+            # Under this lock nobody writes this base: any temporary file
+            # of it is left from a fetch that died (kill -9, power loss).
+            self._remove_stale_parts(path)
+            info = self._download(meta, path, max_virtual_size)
+            self._pin(path)
         return CachedImage(image_id, path, 'raw', info.virtual_size)
 
-    def _download(self, meta, path):
+    def _remove_stale_parts(self, path):
+        for part in glob.glob(glob.escape(path) + '.part*'):
+            LOG.info("Removing %s, left by an interrupted fetch", part)
+            try:
+                os.unlink(part)
+            except FileNotFoundError:
+                pass
+
+    def _check_space(self, meta, needed, action):
+        """Refuse before writing ``needed`` bytes that do not fit."""
+        st = os.statvfs(self.base_dir)
+        free = st.f_bavail * st.f_frsize
+        if needed > free:
+            LOG.warning("Not %s image %s: needs %d bytes, %d free in %s",
+                        action, meta.id, needed, free, self.base_dir)
+            raise exception.InsufficientSpace(image=meta.id, needed=needed,
+                                              free=free, path=self.base_dir)
+
+    def _download(self, meta, path, max_virtual_size=None):
         tmp = '%s.part-%d' % (path, os.getpid())
         conv = tmp + '.raw'
         t0 = time.monotonic()
         try:
+            if meta.size:
+                self._check_space(meta, meta.size, 'fetching')
             self._write_verified(meta, tmp)
             info = safety.inspect(tmp, meta.disk_format, meta.id, self.conf)
+            if max_virtual_size is not None and \
+                    info.virtual_size > max_virtual_size:
+                raise exception.ImageTooLarge(image=meta.id,
+                                              size=info.virtual_size,
+                                              limit=max_virtual_size)
             if info.format == 'qcow2':
+                # A few KiB of qcow2 can describe gigabytes of data (every
+                # L2 entry pointing at one cluster): the raw base can be as
+                # large as the virtual size, which inspect() bounded by
+                # max_image_virtual_size_gb. It must also fit on the disk,
+                # checked now rather than found out by filling it.
+                self._check_space(meta, info.virtual_size, 'converting')
                 # The base is always raw: the overlay's backing_fmt says so
                 # and nothing has to interpret qcow2 metadata again.
                 if self.progress:
                     self.progress('converting %s to raw' % meta.id, 0, None)
+                # -S 4k: zero areas become holes (a sparse base), whether
+                # the qcow2 marks them as zero or stores them as data.
                 utils.execute('qemu-img', 'convert', '-q', '-f', 'qcow2',
                               '-O', 'raw', '-S', '4k', tmp, conv)
                 os.unlink(tmp)
@@ -166,12 +261,14 @@ class ImageCache(object):
 
         An instance uses a base as the backing file of its ``disk`` and,
         through hard links (same inode), as its ``kernel`` and ``ramdisk``.
+        Instances come and go while this looks: a file that vanishes
+        between listing and stat is simply not a user.
         """
         inodes = {}
         for name in os.listdir(self.base_dir):
-            p = os.path.join(self.base_dir, name)
-            if os.path.isfile(p):
-                inodes[os.stat(p).st_ino] = p
+            st = _stat(os.path.join(self.base_dir, name))
+            if st is not None and _isreg(st):
+                inodes[st.st_ino] = os.path.join(self.base_dir, name)
         used = {}
         for entry in sorted(os.listdir(self.instances_path)):
             idir = os.path.join(self.instances_path, entry)
@@ -179,9 +276,9 @@ class ImageCache(object):
                 continue
             for f in ('kernel', 'ramdisk', 'disk'):
                 p = os.path.join(idir, f)
-                if not os.path.isfile(p):
+                st = _stat(p)
+                if st is None or not _isreg(st):
                     continue
-                st = os.stat(p)
                 if st.st_ino in inodes:
                     used.setdefault(inodes[st.st_ino], []).append(idir)
                 elif f == 'disk':
@@ -197,34 +294,80 @@ class ImageCache(object):
         out = []
         for name in sorted(os.listdir(self.base_dir)):
             p = os.path.join(self.base_dir, name)
-            if not os.path.isfile(p) or '.part' in name:
+            st = _stat(p)
+            if st is None or not _isreg(st) or '.part' in name:
                 continue
-            st = os.stat(p)
             out.append({'path': p, 'size': st.st_size,
                         'disk_usage': st.st_blocks * 512,
                         'age': int(now - st.st_mtime),
                         'users': used.get(os.path.realpath(p), [])})
         return out
 
+    def _pinned(self, path):
+        """True if a spawn (any process) holds ``path`` pinned."""
+        with _PINS_LOCK:
+            if path in _PINS:
+                return True
+            lock = self._pin_lock(path)
+            if not lock.acquire_write_lock(blocking=False):
+                lock._do_close()
+                return True
+            lock.release_write_lock()
+            return False
+
     def clean(self, min_age=None):
-        """Remove bases unused for at least ``min_age`` seconds."""
+        """Remove bases unused for at least ``min_age`` seconds.
+
+        Also ages out temporary files of fetches that died: one whose base
+        lock is free has no writer (a live fetch holds that lock).
+        """
         if min_age is None:
             min_age = self.conf.amiboot.image_cache_min_age_seconds
         removed = []
+        for name in sorted(os.listdir(self.base_dir)):
+            if '.part' in name:
+                removed += self._clean_part(os.path.join(self.base_dir,
+                                                         name))
         for entry in self.list():
             if entry['users'] or entry['age'] < min_age:
                 continue
             with self._lock(os.path.basename(entry['path'])):
                 # Decide again under the lock: a spawn may have taken it.
                 p = entry['path']
-                if not os.path.exists(p) or \
-                        time.time() - os.stat(p).st_mtime < min_age or \
+                st = _stat(p)
+                if st is None or time.time() - st.st_mtime < min_age or \
+                        self._pinned(p) or \
                         self.users().get(os.path.realpath(p)):
                     continue
                 os.unlink(p)
                 removed.append(p)
                 LOG.info("Removed unused cached image %s", p)
         return removed
+
+    def _clean_part(self, part):
+        base = os.path.basename(part[:part.index('.part')])
+        try:
+            with lockutils.lock(base, lock_file_prefix=LOCK_PREFIX,
+                                external=True, lock_path=self.lock_path,
+                                blocking=False):
+                if _stat(part) is None:
+                    return []
+                os.unlink(part)
+        except lockutils.AcquireLockFailedException:
+            return []     # its fetch is running
+        LOG.info("Removed %s, left by an interrupted fetch", part)
+        return [part]
+
+
+def _stat(path):
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _isreg(st):
+    return (st.st_mode & 0o170000) == 0o100000
 
 
 class _HashingWriter(object):

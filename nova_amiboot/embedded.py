@@ -380,6 +380,31 @@ class LocalCloud(object):
                     reason="Instance %s: flavor %s: %s must be a positive "
                            "integer, not %s" % (name, flavor.name, field,
                                                 domain.shown(value)))
+    def _reap_interrupted(self):
+        """Remove what boots killed midway left (kill -9, power loss).
+
+        spawn marks an instance dir until the boot is complete; a mark of a
+        dead process means no clean-up ran. Its domain (defined only after
+        the record is saved) goes only if it carries this instance's uuid.
+        """
+        for entry in os.listdir(self.instances_path):
+            idir = os.path.join(self.instances_path, entry)
+            if entry in ('_base', 'locks') or not os.path.isdir(idir) or \
+                    not spawn.interrupted(idir):
+                continue
+            LOG.warning("Removing %s, left by an interrupted boot", idir)
+            try:
+                with open(os.path.join(idir, RECORD)) as f:
+                    inst = Instance(**json.load(f))
+            except (OSError, ValueError, TypeError):
+                inst = None
+            if inst is not None:
+                # Only a domain with this instance's owner mark.
+                self.host.destroy_owned(self.owner(inst), inst.name)
+                if inst.network.get('kind') == 'bridge':
+                    priv_net.delete_link(inst.network['tap'],
+                                         netns=self.netns)
+            shutil.rmtree(idir, ignore_errors=True)
 
     def boot(self, name, image, flavor, key_file=None, boot_params=(),
              user_data=None, network='user', start=True):
@@ -388,6 +413,7 @@ class LocalCloud(object):
         _check_name('instance', name)
         parse_network(network, name)
         self._check_flavor(name, flavor)
+        self._reap_interrupted()
         if any(i.name == name for i in self.list_instances()):
             raise exception.InstanceExists(name=name)
         meta = self.find_image(image)
@@ -427,6 +453,7 @@ class LocalCloud(object):
                 self.host.define_and_start(xml)
             else:
                 self.host.conn.defineXML(xml)
+            spawn.finished(prepared.instance_dir)
         except BaseException:
             # Only what this call made: the domain with our mark (found by
             # our fresh uuid, never by name), our tap, our instance dir.

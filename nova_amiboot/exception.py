@@ -27,6 +27,10 @@ class CommandFailed(AmibootException):
     msg_fmt = "%(cmd)s failed (exit code %(code)s): %(stderr)s"
 
 
+class CommandTimeout(CommandFailed):
+    msg_fmt = "%(cmd)s did not finish within %(timeout)s seconds; killed."
+
+
 class ToolMissing(AmibootException):
     msg_fmt = ("Required host tool %(tool)s is not installed; install the "
                "package that provides it (see tools/setup-host.sh).")
@@ -83,6 +87,11 @@ class FlavorDiskTooSmall(AmibootException):
 
 class DiskFull(AmibootException):
     msg_fmt = "No space left on %(path)s while %(action)s."
+
+
+class InsufficientSpace(DiskFull):
+    msg_fmt = ("Image %(image)s needs %(needed)d bytes in %(path)s, only "
+               "%(free)d are free; refused before writing it.")
 
 
 class FilesystemCorrupt(AmibootException):

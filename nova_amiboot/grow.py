@@ -8,13 +8,14 @@ user space on the attached target (no kernel mount).
 
 import json
 import os
-import tempfile
+import shutil
 
 from oslo_log import log as logging
 
 from nova_amiboot import attach
 from nova_amiboot import disk
 from nova_amiboot import exception
+from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ EXT_TYPES = ('ext2', 'ext3', 'ext4')
 # Facts about a cached base's filesystem, kept on the base's own inode: they
 # derive from its content, which never changes once it is in the cache.
 _FACTS_XATTR = 'user.amiboot.fs'
+_CHECK_PREFIX = 'amiboot-check-'
 
 
 def fs_type(target):
@@ -48,11 +50,13 @@ def base_facts(path, conf):
     except (OSError, ValueError):
         pass
     facts = {'fstype': None, 'clean': False}
-    # The scratch overlay sits in the instances path, beside the instance
-    # disks: the privileged nbd attach connects nothing else.
+    # Owned: a spawn killed here leaves the next one something to reap. The
+    # scratch overlay sits in the instances path, beside the instance disks:
+    # the privileged nbd attach connects nothing else.
     instances = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    with tempfile.TemporaryDirectory(prefix='amiboot-check-',
-                                     dir=instances) as tmp:
+    utils.reap_stale_tempdirs(_CHECK_PREFIX, dir=instances)
+    tmp = utils.owned_tempdir(_CHECK_PREFIX, dir=instances)
+    try:
         scratch = os.path.join(tmp, 'disk')
         fmt = disk.create(path, scratch, os.path.getsize(path))
         with attach.attached(scratch, fmt, conf) as target:
@@ -64,6 +68,8 @@ def base_facts(path, conf):
                 except exception.CommandFailed as e:
                     LOG.info("Base %(path)s gets e2fsck on every instance "
                              "disk: %(err)s", {'path': path, 'err': e})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     try:
         os.setxattr(path, _FACTS_XATTR, json.dumps(facts).encode())
     except OSError as e:

@@ -49,9 +49,13 @@ def _qemu_img_info(path, fmt, image, conf):
         cpu_time=conf.amiboot.qemu_img_cpu_seconds,
         address_space=conf.amiboot.qemu_img_address_space_mb * 1024 * 1024)
     try:
+        # The CPU limit does not stop a run that waits (on I/O, a lock):
+        # a wall-clock limit does.
         out, _err = utils.execute('qemu-img', 'info', '-f', fmt,
                                   '--output=json', path, prlimit=limits,
-                                  env_variables={'LC_ALL': 'C'})
+                                  env_variables={'LC_ALL': 'C'},
+                                  timeout=2 * conf.amiboot.qemu_img_cpu_seconds
+                                  + 30)
     except exception.CommandFailed as e:
         raise exception.UnsafeImage(image=image,
                                     reason="qemu-img info failed: %s" % e)

@@ -12,6 +12,7 @@ keeps only complete, checked bases.
 """
 
 import dataclasses
+import errno
 import os
 import shutil
 import time
@@ -24,6 +25,7 @@ from nova_amiboot import domain
 from nova_amiboot import exception
 from nova_amiboot import grow
 from nova_amiboot import inject
+from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
 
@@ -79,14 +81,26 @@ def _private_copy(src, dst):
     os.chmod(dst, 0o644)
 
 
-def fetch_triplet(cache, image_id):
-    """Fetch AMI, AKI, ARI; return (ami meta, root, kernel, ramdisk)."""
+def fetch_triplet(cache, image_id, flavor=None, instance='?'):
+    """Fetch AMI, AKI, ARI; return (ami meta, root, kernel, ramdisk).
+
+    With ``flavor``, an AMI larger than its root disk is refused before it
+    is converted or cached (a refused image leaves nothing in ``_base``).
+    """
     ami = cache.source.get_meta(image_id)
     if not ami.kernel_id or not ami.ramdisk_id:
         raise exception.InvalidImage(
             image=image_id, reason="it is not an AMI: kernel_id and "
             "ramdisk_id properties are required")
-    root = cache.fetch(image_id, 'ami')
+    limit = flavor.root_gb * GiB if flavor else None
+    try:
+        root = cache.fetch(image_id, 'ami', max_virtual_size=limit)
+    except exception.ImageTooLarge as e:
+        if limit is None or e.kwargs.get('limit') != limit:
+            raise
+        raise exception.FlavorDiskTooSmall(instance=instance, flavor=limit,
+                                           needed=e.kwargs['size'],
+                                           image=image_id)
     kernel = cache.fetch(ami.kernel_id, 'aki')
     ramdisk = cache.fetch(ami.ramdisk_id, 'ari')
     return ami, root, kernel, ramdisk
@@ -130,6 +144,61 @@ def customise(target, req, conf, facts):
     return grown
 
 
+BUILDING = '.amiboot-building'
+
+
+def _disk_full(e):
+    if isinstance(e, OSError):
+        return e.errno == errno.ENOSPC
+    return isinstance(e, exception.AmibootException) and \
+        not isinstance(e, exception.DiskFull) and \
+        'No space left on device' in str(e)
+
+
+def _claim_instance_dir(idir, req):
+    """Create the instance dir, marked as being built by this process.
+
+    The mark (utils.owned_tempdir's owner format) stays until the caller
+    calls finished(): a directory whose mark names a dead process is what a
+    killed spawn left (its own clean-up never ran). A retry for the same
+    instance starts again from nothing; interrupted() finds the others.
+    """
+    if os.path.exists(idir):
+        if not interrupted(idir):
+            raise exception.InvalidInput(
+                reason="instance %s: %s exists already" % (req.name, idir))
+        LOG.warning("Instance %(name)s: removing %(dir)s left by an "
+                    "interrupted spawn", {'name': req.name, 'dir': idir})
+        shutil.rmtree(idir)
+    # Made aside and renamed: the directory never exists without its mark.
+    tmp = idir + '.new-%d' % os.getpid()
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp, mode=0o755)
+        utils.write_owner(os.path.join(tmp, BUILDING))
+        os.rename(tmp, idir)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e):
+            raise exception.DiskFull(
+                path=os.path.dirname(idir),
+                action="preparing instance %s" % req.name) from e
+        raise
+
+
+def interrupted(idir):
+    """True if ``idir`` is an instance dir whose spawn died midway."""
+    return utils.owner_dead(os.path.join(idir, BUILDING))
+
+
+def finished(idir):
+    """The instance in ``idir`` is complete (its domain is defined)."""
+    try:
+        os.unlink(os.path.join(idir, BUILDING))
+    except FileNotFoundError:
+        pass
+
+
 def prepare(conf, cache, req, virt_type=None, attach_method=None):
     """Prepare instance ``req`` under the cache's instances dir."""
     timings = {}
@@ -139,12 +208,22 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
         conf.amiboot.default_cmdline, ami.properties.get('os_command_line'),
         req.boot_params, conf.amiboot.allowed_boot_params,
         instance=req.name, image=req.image_id)
-    _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id)
+    # Pinned until the disk and the links mark the bases as used: a cache
+    # clean-up running meanwhile must not take them.
+    with cache.pinning():
+        return _prepare(conf, cache, req, cmdline, virt_type, attach_method,
+                        timings, t0)
+
+
+def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
+             t0):
+    _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id,
+                                                req.flavor, req.name)
     facts = grow.base_facts(root.path, conf)
     timings['fetch'] = time.monotonic() - t0
 
     idir = os.path.join(cache.instances_path, req.uuid)
-    os.makedirs(idir, mode=0o755)
+    _claim_instance_dir(idir, req)
     try:
         t = time.monotonic()
         disk = os.path.join(idir, 'disk')
@@ -172,10 +251,21 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
             network=req.network, vnc=conf.amiboot.enable_vnc,
             metadata={'image': req.image_id, 'flavor': req.flavor.name})
         xml = domain.build_domain_xml(spec)
-        with open(os.path.join(idir, 'libvirt.xml'), 'w') as f:
+        # Complete or absent: a killed spawn never leaves half an XML.
+        xml_path = os.path.join(idir, 'libvirt.xml')
+        with open(xml_path + '.part', 'w') as f:
             f.write(xml)
-    except BaseException:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(xml_path + '.part', xml_path)
+    except BaseException as e:
         shutil.rmtree(idir, ignore_errors=True)
+        if _disk_full(e):
+            # Whichever tool met it (qemu-img, the FUSE export under
+            # e2fsprogs, our own writes), the cause is the same.
+            raise exception.DiskFull(
+                path=cache.instances_path,
+                action="preparing instance %s" % req.name) from e
         raise
     timings['total'] = time.monotonic() - t0
     LOG.info("Instance %(name)s prepared in %(t).3fs (%(steps)s)",

@@ -1,6 +1,10 @@
 """Small helpers shared by the core modules."""
 
+import glob
+import os
 import shutil
+import subprocess
+import tempfile
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
@@ -9,19 +13,134 @@ from nova_amiboot import exception
 
 LOG = logging.getLogger(__name__)
 
+# Every host tool runs under a time limit: one fed a crafted image must not
+# hang a spawn (or the compute service) forever. Callers that know better
+# (e2fsprogs on a guest filesystem, qemu-img info) pass tighter limits; this
+# is the backstop for the rest (an hour covers converting a large image).
+DEFAULT_TIMEOUT = 3600
+
 
 def execute(*cmd, **kwargs):
     """Run a host command through processutils; raise CommandFailed.
 
     Our callers want one exception type with the command and its stderr in
-    the message, not processutils' multi-line dump.
+    the message, not processutils' multi-line dump. ``timeout`` (seconds,
+    default DEFAULT_TIMEOUT) bounds the run: the command is killed and
+    CommandTimeout raised when it is over.
     """
     if shutil.which(cmd[0]) is None and not cmd[0].startswith('/'):
         raise exception.ToolMissing(tool=cmd[0])
+    timeout = kwargs.pop('timeout', None) or DEFAULT_TIMEOUT
+    procs = []
+    on_execute = kwargs.pop('on_execute', None)
+
+    def _started(proc):
+        procs.append(proc)
+        if on_execute:
+            on_execute(proc)
+
+    name = ' '.join(str(c) for c in cmd[:3])
+    if len(cmd) > 3:
+        name += ' ...'
+
     try:
-        return processutils.execute(*cmd, **kwargs)
+        return processutils.execute(*cmd, timeout=timeout,
+                                    on_execute=_started, **kwargs)
     except processutils.ProcessExecutionError as e:
         raise exception.CommandFailed(
-            cmd=' '.join(str(c) for c in cmd[:3]) + (' ...' if len(cmd) > 3
-                                                     else ''),
-            code=e.exit_code, stderr=(e.stderr or e.stdout or '').strip())
+            cmd=name, code=e.exit_code,
+            stderr=one_line(e.stderr or e.stdout or ''))
+    except subprocess.TimeoutExpired:
+        # processutils leaves the child running when communicate() times
+        # out: kill it (and reap it) so nothing outlives the call.
+        for proc in procs:
+            _kill(proc)
+        raise exception.CommandTimeout(cmd=name, timeout=timeout)
+
+
+def one_line(text, limit=500):
+    """Tool output as one bounded line, for an error message.
+
+    Errors are one line (the CLI prints them as such, nova shows them as
+    the fault); a tool's multi-line stderr would break that, and output
+    shaped by an untrusted image must not run on for pages.
+    """
+    text = ' '.join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + ' ...'
+
+
+def _kill(proc):
+    try:
+        proc.kill()
+    except OSError:
+        pass
+    try:
+        proc.communicate(timeout=10)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        pass
+
+
+# --- scratch directories that survive a crash of their owner ----------------
+
+_OWNER = 'owner'
+
+
+def _start_time(pid):
+    """The kernel's start time of process ``pid`` (tells pid reuse apart)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def write_owner(path):
+    """Record this process (pid and start time) in file ``path``."""
+    pid = os.getpid()
+    with open(path, 'w') as f:
+        f.write('%d %s\n' % (pid, _start_time(pid)))
+
+
+def owner_dead(path):
+    """True if owner file ``path`` names a process that is gone.
+
+    False when there is no such file (or it is being written).
+    """
+    try:
+        with open(path) as f:
+            pid, start = f.read().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False
+    return _start_time(pid) != start
+
+
+def owned_tempdir(prefix):
+    """mkdtemp() that records its owner (pid and start time).
+
+    A process killed with SIGKILL runs no clean-up; reap_stale_tempdirs()
+    recognises its directories by the dead owner and removes them.
+    """
+    path = tempfile.mkdtemp(prefix=prefix)
+    write_owner(os.path.join(path, _OWNER))
+    return path
+
+
+def reap_stale_tempdirs(prefix, release=None):
+    """Remove ``prefix`` scratch dirs whose owner process is gone.
+
+    ``release(path)`` first undoes what the directory holds (a FUSE mount,
+    a daemon). Returns the directories removed.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()),
+                                       prefix + '*')):
+        if not os.path.isdir(path) or \
+                not owner_dead(os.path.join(path, _OWNER)):
+            continue
+        LOG.warning("Removing %s, left by a process that died", path)
+        if release:
+            release(path)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

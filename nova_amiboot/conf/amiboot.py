@@ -70,6 +70,13 @@ Grow an ext2/3/4 root filesystem to the whole root disk of the flavor.
                help="""
 Seconds to wait for qemu-nbd or qemu-storage-daemon to expose the disk.
 """),
+    cfg.IntOpt('fs_tool_timeout',
+               default=600, min=1,
+               help="""
+Seconds each e2fsprogs run (e2fsck, resize2fs, debugfs, blkid) may take on an
+instance disk before it is killed and the spawn fails. The filesystem comes
+from an untrusted image; a crafted one must not hang a spawn.
+"""),
 ]
 
 inject_opts = [

@@ -53,7 +53,10 @@ class AmibootQcow2(imagebackend.Qcow2):
         # Same base path and lock as nova's Image.cache(): nova's image
         # cache manager sees this base as its own.
         cache = image_cache(context)
-        root = cache.fetch(inst.image_ref, 'ami')
+        # An image larger than the root disk is refused before it is
+        # converted or cached.
+        root = cache.fetch(inst.image_ref, 'ami',
+                           max_virtual_size=size or None)
         size = size or root.virtual_size
         fmt = disk_mod.create(root.path, self.path, size, mode='overlay',
                               instance=inst.uuid, image=inst.image_ref)

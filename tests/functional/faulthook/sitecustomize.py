@@ -1,0 +1,126 @@
+"""Test-only fault hook: SIGKILL this process at a chosen pipeline step.
+
+Imported at start-up by every Python process whose PYTHONPATH has this
+directory (the fault tests run ``amiboot`` and faultdriver that way);
+production code carries no hook. Environment:
+
+- AMIBOOT_FAULT_LOG: append each step reached (``name n``, n counting
+  from 1 per name) to this file; a run without a kill lists the steps.
+- AMIBOOT_KILL_AT: ``name n``: SIGKILL ourselves at the n-th ``name``.
+- AMIBOOT_FILL_AT and AMIBOOT_FILL_FILE: at step ``name n`` fill the
+  filesystem of AMIBOOT_FILL_FILE (writing that file until ENOSPC) and go
+  on: what follows meets a full disk.
+
+Steps: ``download`` (first chunk written), ``inspect``, ``run:<tool>``
+(the tool started and still running: qemu-img info/convert/create,
+qemu-storage-daemon, blkid, e2fsck, resize2fs, debugfs), ``attached``
+(the FUSE export is up), ``xml`` (libvirt.xml written, not yet renamed
+into place), ``define`` (the domain defined).
+"""
+
+import collections
+import os
+import signal
+
+
+def _install():
+    import functools
+
+    from nova_amiboot import attach
+    from nova_amiboot import cache
+    from nova_amiboot import guest
+    from nova_amiboot import safety
+    from nova_amiboot import utils
+
+    log = os.environ.get('AMIBOOT_FAULT_LOG')
+    kill_at = os.environ.get('AMIBOOT_KILL_AT')
+    fill_at = os.environ.get('AMIBOOT_FILL_AT')
+    seen = collections.Counter()
+
+    def reached(name):
+        """Record step ``name``; True if this is where to die."""
+        seen[name] += 1
+        step = '%s %d' % (name, seen[name])
+        if log:
+            with open(log, 'a') as f:
+                f.write(step + '\n')
+        if step == fill_at:
+            fill(os.environ['AMIBOOT_FILL_FILE'])
+        return step == kill_at
+
+    def fill(path):
+        block = b'\xa5' * (1 << 16)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            while True:
+                os.write(fd, block)
+        except OSError:
+            pass
+        try:
+            while True:
+                os.write(fd, b'\xa5')
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def step_before(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if reached(name):
+                die()
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def step_after(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            if reached(name):
+                die()
+            return result
+        return wrapper
+
+    real_execute = utils.execute
+
+    def execute(*cmd, **kwargs):
+        name = 'run:' + (' '.join(cmd[:2]) if cmd[0] == 'qemu-img'
+                         else os.path.basename(cmd[0]))
+        if reached(name):
+            # Die with the tool running: it is orphaned mid-work.
+            kwargs['on_execute'] = lambda proc: die()
+        result = real_execute(*cmd, **kwargs)
+        if cmd[0] == 'qemu-storage-daemon' and reached('attached'):
+            die()
+        return result
+
+    utils.execute = execute
+
+    class Writer(cache._HashingWriter):
+        def write(self, chunk):
+            super().write(chunk)
+            if self.size == len(chunk) and reached('download'):
+                self.f.flush()
+                die()
+
+    cache._HashingWriter = Writer
+    safety.inspect = step_before('inspect', safety.inspect)
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if str(dst).endswith('libvirt.xml') and reached('xml'):
+            die()
+        return real_replace(src, dst, *args, **kwargs)
+
+    os.replace = replace
+    guest.Host.define_and_start = step_after(
+        'define', guest.Host.define_and_start)
+    del attach
+
+
+if any(os.environ.get(v) for v in ('AMIBOOT_FAULT_LOG', 'AMIBOOT_KILL_AT',
+                                   'AMIBOOT_FILL_AT')):
+    _install()

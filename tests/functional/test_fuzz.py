@@ -1,0 +1,243 @@
+"""Filesystem fuzzing of the full prepare (check, grow, inject).
+
+The test bed AMI (shrunk to its minimum so that a case is cheap) is mutated
+with a seeded generator: bit flips in the superblock, the group
+descriptors, the inode table, directory blocks and the extent trees in the
+inodes, and truncations. Each case goes through spawn.prepare() in this
+process with a key, a hostname, a password and user data. Every case must
+end prepared or refused with an AmibootException that names the instance
+or image; never a hang (each tool runs under [amiboot] fs_tool_timeout), a
+traceback of another kind, a touched host file or a leaked daemon, mount
+or temporary file.
+
+CI runs AMIBOOT_FUZZ_CASES (default 200) cases from AMIBOOT_FUZZ_SEED; a
+longer run by hand: AMIBOOT_FUZZ_CASES=5000 .venv/bin/python -m pytest -s
+tests/functional/test_fuzz.py
+"""
+
+import collections
+import glob
+import hashlib
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+from nova_amiboot import exception
+from nova_amiboot import spawn
+from tests.functional import base
+from tests.functional import faults
+
+CASES = int(os.environ.get('AMIBOOT_FUZZ_CASES', '200'))
+SEED = int(os.environ.get('AMIBOOT_FUZZ_SEED', '8'))
+KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFuzz fuzz@amiboot'
+# Host files a confused debugfs or a followed symlink would reach first.
+WATCHED = ('/etc/shadow', '/etc/passwd', '/etc/hostname', '/etc/hosts',
+           '/root/.ssh/authorized_keys')
+
+
+def _digest(path):
+    try:
+        with open(path, 'rb') as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _scratch_dirs():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), 'amiboot-*')))
+
+
+class Layout(object):
+    """Where the structures of the pristine image are.
+
+    Read with e2fsprogs from our own, trusted copy.
+    """
+
+    def __init__(self, path):
+        out = subprocess.run(['dumpe2fs', path], check=True,
+                             capture_output=True, text=True).stdout
+        field = dict(line.split(':', 1) for line in out.splitlines()
+                     if ':' in line and not line.startswith(' '))
+        self.block = int(field['Block size'])
+        self.inode_size = int(field['Inode size'])
+        self.size = os.path.getsize(path)
+        self.inode_tables = [
+            (int(a), int(b)) for a, b in
+            re.findall(r'Inode table at (\d+)-(\d+)', out)]
+        self.gdt_bytes = 64 * len(self.inode_tables)
+        self.dirs, self.inodes = [], []
+        for p in ('/', '/etc', '/root', '/bin', '/sbin', '/var/lib/cloud',
+                  '/etc/shadow', '/etc/hostname', '/bin/busybox'):
+            stat = self._debugfs(path, 'stat %s' % p)
+            ino = int(re.search(r'Inode: (\d+)', stat).group(1))
+            self.inodes.append(ino)
+            if 'Type: directory' in stat:
+                blocks = self._debugfs(path, 'blocks %s' % p).split()
+                self.dirs += [int(b) for b in blocks]
+
+    @staticmethod
+    def _debugfs(path, cmd):
+        return subprocess.run(['debugfs', '-R', cmd, path], check=True,
+                              capture_output=True, text=True).stdout
+
+    def inode_offset(self, ino):
+        # All inodes asked about are in group 0.
+        return self.inode_tables[0][0] * self.block + \
+            (ino - 1) * self.inode_size
+
+
+def _flip(data, start, length, rng, flips):
+    for _ in range(flips):
+        off = start + rng.randrange(length)
+        if off < len(data):
+            data[off] ^= 1 << rng.randrange(8)
+
+
+def mutate(pristine, layout, rng):
+    """A mutated copy of ``pristine`` (bytes) and what was done."""
+    data = bytearray(pristine)
+    kinds = []
+    for _ in range(rng.choice((1, 1, 1, 2, 3))):
+        kind = rng.choice(('superblock', 'group_desc', 'inode_table',
+                           'directory', 'extent', 'truncate'))
+        flips = rng.choice((1, 1, 2, 4, 16))
+        if kind == 'superblock':
+            _flip(data, 1024, 1024, rng, flips)
+        elif kind == 'group_desc':
+            _flip(data, layout.block, layout.gdt_bytes, rng, flips)
+        elif kind == 'inode_table':
+            ino = rng.choice(layout.inodes + list(range(1, 32)))
+            _flip(data, layout.inode_offset(ino), layout.inode_size, rng,
+                  flips)
+        elif kind == 'directory':
+            _flip(data, rng.choice(layout.dirs) * layout.block,
+                  layout.block, rng, flips)
+        elif kind == 'extent':
+            # i_block (60 bytes at offset 40): the extent header and the
+            # first extents, or a fast symlink's target.
+            ino = rng.choice(layout.inodes)
+            _flip(data, layout.inode_offset(ino) + 40, 60, rng, flips)
+        else:
+            del data[rng.randrange(len(data)):]
+        kinds.append(kind)
+    return bytes(data), kinds
+
+
+class TestFuzz(base.RealToolsTestCase):
+
+    def setUp(self):
+        super().setUp()
+        # A hang shows as a timeout, long before CI's; an honest run still
+        # fits (the whole prepare of this image takes well under a second).
+        self.conf.set_override('fs_tool_timeout', 30, 'amiboot')
+        self.conf.set_override('inject_password', True, 'amiboot')
+
+    def pristine(self):
+        img = self.scratch('pristine.img')
+        shutil.copyfile(self.testbed['root'], img)
+        self.run_cmd('e2fsck', '-fy', img)
+        self.run_cmd('resize2fs', '-M', img)
+        out = self.run_cmd('dumpe2fs', '-h', img)
+        field = dict(line.split(':', 1) for line in out.splitlines()
+                     if ':' in line)
+        os.truncate(img, int(field['Block count'])
+                    * int(field['Block size']))
+        return img
+
+    def test_fuzz_prepare(self):
+        img = self.pristine()
+        layout = Layout(img)
+        with open(img, 'rb') as f:
+            pristine = f.read()
+        _ami, aki, ari = self.add_triplet(root=img)
+        cache = self.make_cache()
+        watched = {p: _digest(p) for p in WATCHED}
+        scratch_before = _scratch_dirs()
+        outcomes = collections.Counter()
+        kinds_seen = collections.Counter()
+        crashes, leaks, slowest = [], [], (0, None)
+        t_start = time.monotonic()
+        for case in range(CASES):
+            rng = random.Random(SEED * 1000003 + case)
+            data, kinds = mutate(pristine, layout, rng)
+            kinds_seen.update(kinds)
+            case_img = self.scratch('case.img')
+            with open(case_img, 'wb') as f:
+                f.write(data)
+            ami = self.store.add('fuzz-%d' % case, case_img, 'ami',
+                                 {'kernel_id': aki.id,
+                                  'ramdisk_id': ari.id})
+            req = spawn.InstanceRequest(
+                uuid=str(uuid.uuid4()), name='fuzz-%d' % case,
+                image_id=ami.id, flavor=spawn.Flavor('t', 1, 256, 1),
+                key=KEY, hostname='fuzz-%d' % case, password='s3cret',
+                user_data=b'#cloud-config\n')
+            t = time.monotonic()
+            try:
+                spawn.prepare(self.conf, cache, req, virt_type='qemu')
+                outcomes['prepared'] += 1
+            except exception.AmibootException as e:
+                msg = str(e)
+                if isinstance(e, exception.CommandTimeout) or \
+                        'did not finish within' in msg:
+                    outcomes['timeout'] += 1
+                else:
+                    outcomes['refused: %s' % type(e).__name__] += 1
+                if '\n' in msg.strip() or not (
+                        req.name in msg or ami.id in msg or
+                        req.uuid in msg):
+                    crashes.append((case, kinds, 'unclear error: %r'
+                                    % msg[:300]))
+            except Exception as e:   # noqa: B902 - what the fuzzer hunts
+                crashes.append((case, kinds, '%s: %s'
+                                % (type(e).__name__, e)))
+            took = time.monotonic() - t
+            if took > slowest[0]:
+                slowest = (took, case)
+            leaked = self.leaks(scratch_before)
+            if leaked:
+                leaks.append((case, kinds, leaked))
+            shutil.rmtree(os.path.join(self.instances, req.uuid), True)
+            os.unlink(cache.path_for(ami.id)) \
+                if os.path.exists(cache.path_for(ami.id)) else None
+            self.store.delete(ami.id)
+        touched = [p for p, d in watched.items() if _digest(p) != d]
+        refused = sum(v for k, v in outcomes.items()
+                      if k.startswith('refused'))
+        faults.figure(
+            'fuzz: cases %d (seed %d, %.0fs), prepared %d, refused %d, '
+            'timeouts %d, crashes %d, leaks %d, host files touched %d; '
+            'slowest case %.2fs; mutations %s; refusals %s'
+            % (CASES, SEED, time.monotonic() - t_start,
+               outcomes['prepared'], refused, outcomes['timeout'],
+               len(crashes), len(leaks), len(touched), slowest[0],
+               dict(kinds_seen),
+               {k[9:]: v for k, v in outcomes.items()
+                if k.startswith('refused')}))
+        self.assertEqual([], crashes)
+        self.assertEqual([], leaks)
+        self.assertEqual([], touched)
+        self.assertEqual(CASES, sum(outcomes.values()))
+        # The fuzzer reaches both ends.
+        self.assertGreater(outcomes['prepared'], 0)
+        self.assertGreater(refused, 0)
+
+    def leaks(self, scratch_before):
+        found = []
+        daemons = faults.processes_mentioning('qemu-storage-daemon',
+                                              self.instances)
+        if daemons:
+            found.append('qemu-storage-daemon %s' % daemons)
+        mine = [d for d in _scratch_dirs() - scratch_before
+                if faults.owner_pid(d) == os.getpid()]
+        if mine:
+            found.append('scratch dirs %s' % mine)
+        parts = [n for n in self.base_dir_entries() if '.part' in n]
+        if parts:
+            found.append('partial files %s' % parts)
+        return found

@@ -1,0 +1,49 @@
+"""utils.execute: time limits and one-line errors, on real commands."""
+
+import os
+import time
+import unittest
+
+from nova_amiboot import exception
+from nova_amiboot import utils
+
+
+class TestExecute(unittest.TestCase):
+
+    def test_timeout_kills_the_command(self):
+        t = time.monotonic()
+        with self.assertRaises(exception.CommandTimeout) as cm:
+            utils.execute('sleep', '60', timeout=1)
+        self.assertLess(time.monotonic() - t, 30)
+        self.assertIn('within 1 seconds', str(cm.exception))
+        # A CommandFailed: callers that map tool failures map this too.
+        self.assertIsInstance(cm.exception, exception.CommandFailed)
+
+    def test_no_orphan_after_timeout(self):
+        with self.assertRaises(exception.CommandTimeout):
+            utils.execute('sleep', '60', timeout=1)
+        time.sleep(0.2)
+        alive = []
+        for pid in filter(str.isdigit, os.listdir('/proc')):
+            try:
+                with open('/proc/%s/stat' % pid) as f:
+                    stat = f.read()
+                with open('/proc/%s/status' % pid) as f:
+                    ppid = [line.split()[1] for line in f
+                            if line.startswith('PPid:')][0]
+            except (OSError, IndexError):
+                continue
+            if '(sleep)' in stat and ppid == str(os.getpid()) and \
+                    ') Z' not in stat:
+                alive.append(pid)
+        self.assertEqual([], alive)
+
+    def test_error_is_one_bounded_line(self):
+        with self.assertRaises(exception.CommandFailed) as cm:
+            utils.execute('sh', '-c', 'printf "a\\nb\\n\\tc" >&2; '
+                          'head -c 4000 /dev/zero | tr "\\0" x >&2; exit 3')
+        msg = str(cm.exception)
+        self.assertNotIn('\n', msg)
+        self.assertIn('a b c', msg)
+        self.assertIn('exit code 3', msg)
+        self.assertLess(len(msg), 700)
