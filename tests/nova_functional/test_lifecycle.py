@@ -8,10 +8,13 @@ with shared instance storage looks like; where an operation asks whether
 the path is shared (over ssh, in nova), the answer is that fact.
 """
 
+import base64
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import time
 
 import fixtures
 from nova import context as nova_context
@@ -299,14 +302,32 @@ class TestRescue(LifecycleBase):
         self.assertEqual(['quiet', 'amiboot.md=2'], cmdline[-2:])
 
 
-class TestCacheDirName(LifecycleBase):
+class TestCacheOptions(LifecycleBase):
 
     def setUp(self):
         self.flags(subdirectory_name='_amicache', group='image_cache')
         super().setUp()
+        # What each download from Glance was given.
+        self.downloads = []
+        real_download = self.glance.download
 
-    def test_subdirectory_name(self):
-        server = self._boot_ami()
+        def download(context, image_id, data=None, dst_path=None,
+                     trusted_certs=None):
+            self.downloads.append((image_id, trusted_certs))
+            return real_download(context, image_id, data=data,
+                                 dst_path=dst_path,
+                                 trusted_certs=trusted_certs)
+        self.glance.download = download
+
+    def test_subdirectory_name_and_trusted_certs(self):
+        server = self._boot_ami(trusted_image_certificates=['cert-a',
+                                                            'cert-b'])
+        self.assertEqual(
+            sorted(self.images[p] for p in ('ami', 'aki', 'ari')),
+            sorted(i for i, _c in self.downloads))
+        for image_id, certs in self.downloads:
+            self.assertEqual(['cert-a', 'cert-b'],
+                             certs.ids if certs else None, image_id)
         base_dir = os.path.join(CONF.instances_path, '_amicache')
         base = os.path.join(base_dir, cache_mod.base_name(self.images['ami']))
         info = disk_info(self._disk(server))
@@ -316,3 +337,210 @@ class TestCacheDirName(LifecycleBase):
                 base_dir, cache_mod.base_name(self.images[part]))))
         self.assertFalse(os.path.exists(os.path.join(CONF.instances_path,
                                                      '_base')))
+
+
+class TestImages(LifecycleBase):
+    """Rebuild, snapshot, shelve: other images than the one booted."""
+
+    def setUp(self):
+        super().setUp()
+        # nova's fake Glance drops the bytes of an image update (the
+        # snapshot upload); keep them, with the checksums Glance computes.
+        real_update = self.glance.update
+
+        def update(context, image_id, metadata, data=None,
+                   purge_props=False):
+            if data is not None:
+                content = data.read()
+                self.glance._imagedata[image_id] = content
+                metadata = dict(metadata, **test_servers._hashes(content))
+            return real_update(context, image_id, metadata,
+                               purge_props=purge_props)
+        self.glance.update = update
+        # A live snapshot needs libvirt's block copy, which nova's fake
+        # libvirt does not perform; the cold one is qemu-img's.
+        self.flags(disable_libvirt_livesnapshot=True, group='workarounds')
+
+    def _base_of(self, image_id):
+        return os.path.join(CONF.instances_path, '_base',
+                            cache_mod.base_name(image_id))
+
+    def test_rebuild_same_and_other_ami(self):
+        server = self._boot_ami()
+        disk = self._disk(server)
+        write_file(disk, '/root/marker', MARKER)
+        server = self._rebuild_server(server, self.images['ami'])
+        # A new disk from the image: grown, key, the old content gone.
+        self.assertEqual(GiB, fs_size(disk))
+        marker, keys = read_files(disk, '/root/marker',
+                                  '/root/.ssh/authorized_keys')
+        self.assertIsNone(marker)
+        self.assertIn(test_servers.KEY, keys.decode())
+
+        self.images['aki2'] = self._upload('aki2', self.testbed['kernel'],
+                                           'aki')
+        self.images['ami2'] = self._upload(
+            'ami2', self.testbed['root'], 'ami',
+            {'kernel_id': self.images['aki2'],
+             'ramdisk_id': self.images['ari']})
+        server = self._rebuild_server(server, self.images['ami2'])
+        info = disk_info(disk)
+        self.assertEqual(self._base('ami2'), info['full-backing-filename'])
+        self.assertEqual(GiB, fs_size(disk))
+        self.assertIn(test_servers.KEY, read_files(
+            disk, '/root/.ssh/authorized_keys')[0].decode())
+        inst = self._instance(server)
+        self.assertEqual(self.images['aki2'], inst.kernel_id)
+        self.assertEqual(b'aki', os.getxattr(self._base('aki2'),
+                                             'user.amiboot.disk_format'))
+        self.assertEqual(['quiet', 'amiboot.md=2'], self._cmdline(server)[-2:])
+
+    def _snapshot(self, server, name):
+        self._snapshot_server(server, name)
+        for _ in range(600):
+            images = [i for i in self.glance.images.values()
+                      if i['name'] == name and i['status'] == 'active'
+                      and i['id'] in self.glance._imagedata]
+            if images:
+                return images[0]
+            time.sleep(0.5)
+        self.fail('no snapshot %s' % name)
+
+    def test_snapshot_boots_as_ami(self):
+        server = self._boot_ami()
+        write_file(self._disk(server), '/root/marker', MARKER)
+        snap = self._snapshot(server, 'snap1')
+        self.assertEqual(self.images['aki'], snap['properties']['kernel_id'])
+        self.assertEqual(self.images['ari'],
+                         snap['properties']['ramdisk_id'])
+        self.assertEqual('qcow2', snap['disk_format'])
+
+        server2 = self.api.post_server({'server': dict(
+            self._build_server(image_uuid=snap['id'], flavor_id=self.big,
+                               networks='none'), key_name='k1')})
+        server2 = self._wait_for_state_change(server2, 'ACTIVE')
+        disk = self._disk(server2)
+        info = disk_info(disk)
+        base = self._base_of(snap['id'])
+        self.assertEqual(base, info['full-backing-filename'])
+        self.assertEqual('raw', info['backing-filename-format'])
+        self.assertEqual(b'qcow2', os.getxattr(base,
+                                               'user.amiboot.disk_format'))
+        self.assertEqual(2 * GiB, fs_size(disk))
+        marker, keys = read_files(disk, '/root/marker',
+                                  '/root/.ssh/authorized_keys')
+        self.assertEqual(MARKER, marker)
+        self.assertIn(test_servers.KEY, keys.decode())
+        inst_dir = self._instance_dir(server2)
+        self.assertIn('<kernel>%s/kernel</kernel>' % inst_dir,
+                      self._domain_xml(server2))
+
+    def test_shelve_unshelve(self):
+        server = self._boot_ami()
+        write_file(self._disk(server), '/root/marker', MARKER)
+        server = self._shelve_server(server)
+        self.assertFalse(os.path.exists(self._instance_dir(server)))
+        server = self._unshelve_server(server)
+        disk = self._disk(server)
+        # nova rebased the disk onto the original AMI's base.
+        self.assertEqual(self._base('ami'),
+                         disk_info(disk)['full-backing-filename'])
+        self.assertEqual(GiB, fs_size(disk))
+        marker, keys = read_files(disk, '/root/marker',
+                                  '/root/.ssh/authorized_keys')
+        self.assertEqual(MARKER, marker)
+        self.assertIn(test_servers.KEY, keys.decode())
+        self.assertEqual(['quiet', 'amiboot.md=2'], self._cmdline(server)[-2:])
+
+
+class TestInjection(LifecycleBase):
+
+    def _shadow_hash(self, disk):
+        shadow = read_files(disk, '/etc/shadow')[0].decode()
+        return shadow.splitlines()[0].split(':')[1]
+
+    def _matches(self, crypted, password):
+        salt = crypted.split('$')[2]
+        out = subprocess.run(['openssl', 'passwd', '-6', '-salt', salt,
+                              '-stdin'], input=password + '\n',
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip() == crypted
+
+    def test_off_by_default(self):
+        self.api.microversion = '2.56'
+        server = self._boot_ami(adminPass='Not-injected-1', personality=[
+            {'path': '/etc/amiboot-file',
+             'contents': base64.b64encode(b'x').decode()}])
+        disk = self._disk(server)
+        self.assertEqual('*', self._shadow_hash(disk))
+        self.assertIsNone(read_files(disk, '/etc/amiboot-file')[0])
+
+    def test_password_and_files(self):
+        self.flags(inject_password=True, inject_files=True, group='amiboot')
+        self.api.microversion = '2.56'
+        server = self._boot_ami(adminPass='Create-pass-1', personality=[
+            {'path': '/etc/amiboot-file',
+             'contents': base64.b64encode(b'from nova\n').decode()}])
+        disk = self._disk(server)
+        self.assertTrue(self._matches(self._shadow_hash(disk),
+                                      'Create-pass-1'))
+        content, = read_files(disk, '/etc/amiboot-file')
+        self.assertEqual(b'from nova\n', content)
+
+        self.api.post_server_action(server['id'], {'rebuild': {
+            'imageRef': self.images['ami'], 'adminPass': 'Rebuild-pass-2'}})
+        self.notifier.wait_for_versioned_notifications('instance.rebuild.end')
+        server = self._wait_for_state_change(server, 'ACTIVE')
+        self.assertTrue(self._matches(self._shadow_hash(disk),
+                                      'Rebuild-pass-2'))
+
+    def test_unsafe_file_path_fails_the_build(self):
+        self.flags(inject_files=True, group='amiboot')
+        self.api.microversion = '2.56'
+        server = self._build_server(image_uuid=self.images['ami'],
+                                    flavor_id='1', networks='none')
+        server['personality'] = [{'path': '/etc/../root/x',
+                                  'contents': base64.b64encode(b'x').decode()}]
+        server = self.api.post_server({'server': server})
+        server = self._wait_for_state_change(server, 'ERROR')
+        self.assertIn('/etc/../root/x', server['fault']['message'])
+
+
+class TestLiveMigration(LifecycleBase):
+
+    def test_block_migration_destination_is_a_plain_overlay(self):
+        server = self._boot_ami()
+        drv = self._driver()
+        ctx = nova_context.get_admin_context()
+        instance = self._instance(server)
+        inst_dir = self._instance_dir(server)
+        disk_json = json.dumps(drv._get_instance_disk_info(instance, None))
+        # The destination: no instance dir, no bases.
+        os.rename(inst_dir, inst_dir + '.source')
+        self.addCleanup(shutil.rmtree, inst_dir + '.source',
+                        ignore_errors=True)
+        for part in ('ami', 'aki', 'ari'):
+            os.unlink(self._base(part))
+        md = objects.LibvirtLiveMigrateData(
+            is_shared_instance_path=False, is_shared_block_storage=False,
+            block_migration=True, instance_relative_path=server['id'],
+            graphics_listen_addr_vnc='127.0.0.1',
+            graphics_listen_addr_spice='127.0.0.1',
+            serial_listen_addr='127.0.0.1')
+        drv.pre_live_migration(ctx, instance, None, [], disk_json, md)
+
+        disk = self._disk(server)
+        info = disk_info(disk)
+        self.assertEqual(self._base('ami'), info['full-backing-filename'])
+        self.assertEqual(GiB, info['virtual-size'])
+        # Untouched: the overlay reads exactly as its base (no growth, no
+        # key), ready for libvirt's copy.
+        subprocess.run(['qemu-img', 'compare', '-f', 'qcow2', '-F', 'raw',
+                        disk, self._base('ami')], check=True,
+                       capture_output=True)
+        for part, fmt in (('kernel', b'aki'), ('ramdisk', b'ari')):
+            base = self._base('aki' if part == 'kernel' else 'ari')
+            self.assertEqual(fmt, os.getxattr(base,
+                                              'user.amiboot.disk_format'))
+            self.assertEqual(sha256(base),
+                             sha256(os.path.join(inst_dir, part)))
