@@ -21,6 +21,7 @@ from nova import context as nova_context
 from nova import objects
 from nova.tests.functional.api import client
 from nova.virt.libvirt import driver as nova_driver
+from nova.virt.libvirt import utils as nova_libvirt_utils
 
 from nova_amiboot import attach
 from nova_amiboot import cache as cache_mod
@@ -29,6 +30,7 @@ from nova_amiboot import inject
 from tests.nova_functional import test_servers
 
 GiB = test_servers.GiB
+REAL_FILE_OPEN = nova_libvirt_utils.file_open
 MARKER = b'written by the user before the operation\n'
 
 
@@ -193,6 +195,29 @@ class TestTwoHosts(LifecycleBase):
         server = self._confirm_resize(server)
         self.assertEqual(['quiet', 'amiboot.md=2'], self._cmdline(server)[-2:])
 
+    def test_evacuate_on_shared_storage_without_the_base(self):
+        server = self._boot_ami()
+        src = server['OS-EXT-SRV-ATTR:host']
+        dest = 'compute2' if src == 'compute1' else 'compute1'
+        disk = self._disk(server)
+        write_file(disk, '/root/marker', MARKER)
+        before = sha256(disk)
+        os.unlink(self._base('ami'))
+        admin = self.api_fixture.admin_api
+        self.computes[src].stop()
+        service_id = admin.get_services(host=src,
+                                        binary='nova-compute')[0]['id']
+        admin.put_service_force_down(service_id, True)
+        server = self._evacuate_server(server, expected_host=dest,
+                                       expected_state='SHUTOFF')
+        # Shared storage: the disk is the instance's own, untouched; only
+        # its base came back through our cache.
+        self.assertEqual(before, sha256(disk))
+        self.assertEqual(
+            b'ami', os.getxattr(self._base('ami'),
+                                'user.amiboot.disk_format'))
+        self.assertEqual(['quiet', 'amiboot.md=2'], self._cmdline(server)[-2:])
+
     def test_hard_reboot_base_aged_out_and_image_gone(self):
         server = self._boot_ami()
         disk = self._disk(server)
@@ -252,6 +277,11 @@ class TestBootParams(LifecycleBase):
         self.assertEqual('SHUTOFF', server['status'])
         self.assertIn('rdinit=/bin/sh', self._fault_of_last_action(server))
         self.assertIs(dom_before, conn.lookupByUUIDString(server['id']))
+        # Allowed again: starts, with the current parameters.
+        self.api.post_server_metadata(
+            server['id'], {'amiboot_boot_params': 'amiboot.again=1'})
+        server = self._start_server(server)
+        self.assertEqual(['amiboot.again=1'], self._cmdline(server)[-1:])
 
     def _fault_of_last_action(self, server):
         # The API shows a fault only for servers in ERROR.
@@ -357,6 +387,10 @@ class TestImages(LifecycleBase):
             return real_update(context, image_id, metadata,
                                purge_props=purge_props)
         self.glance.update = update
+        # ServersTestBase makes libvirt_utils.file_open return an empty
+        # file; the snapshot upload reads the real one.
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.libvirt.utils.file_open', REAL_FILE_OPEN))
         # A live snapshot needs libvirt's block copy, which nova's fake
         # libvirt does not perform; the cold one is qemu-img's.
         self.flags(disable_libvirt_livesnapshot=True, group='workarounds')
