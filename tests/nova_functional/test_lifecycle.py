@@ -204,11 +204,13 @@ class TestTwoHosts(LifecycleBase):
         before = sha256(disk)
         os.unlink(self._base('ami'))
         admin = self.api_fixture.admin_api
+        admin.microversion = 'latest'
         self.computes[src].stop()
         service_id = admin.get_services(host=src,
                                         binary='nova-compute')[0]['id']
         admin.put_service_force_down(service_id, True)
-        server = self._evacuate_server(server, expected_host=dest,
+        server = self._evacuate_server(server, {'host': dest},
+                                       expected_host=dest,
                                        expected_state='SHUTOFF')
         # Shared storage: the disk is the instance's own, untouched; only
         # its base came back through our cache.
