@@ -10,6 +10,11 @@ function install_nova_amiboot {
 
 function configure_nova_amiboot {
     local conf
+    # nova-rootwrap must admit our privsep context (nbd attach).
+    sudo install -d -o root -g root -m 755 $NOVA_CONF_DIR/rootwrap.d
+    sudo install -o root -g root -m 644 \
+        $NOVA_AMIBOOT_DIR/etc/nova/rootwrap.d/amiboot.filters \
+        $NOVA_CONF_DIR/rootwrap.d/amiboot.filters
     for conf in $NOVA_CONF $NOVA_CPU_CONF; do
         [[ -f $conf ]] || continue
         iniset $conf amiboot inject_key $NOVA_AMIBOOT_INJECT_KEY

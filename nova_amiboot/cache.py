@@ -61,9 +61,12 @@ class CachedImage:
 
 class ImageCache(object):
 
-    def __init__(self, instances_path, source, conf, progress=None):
+    def __init__(self, instances_path, source, conf, progress=None,
+                 base_dir_name='_base'):
         self.instances_path = instances_path
-        self.base_dir = os.path.join(instances_path, '_base')
+        # nova's [image_cache] subdirectory_name in the nova adapter.
+        self.base_dir_name = base_dir_name
+        self.base_dir = os.path.join(instances_path, base_dir_name)
         self.lock_path = os.path.join(instances_path, 'locks')
         self.source = source
         self.conf = conf
@@ -128,30 +131,41 @@ class ImageCache(object):
         ``max_virtual_size`` (bytes; for example the flavor's root disk)
         refuses, before converting and without caching anything, an image
         that would not fit where it is going.
+
+        A base in the cache is used without asking the image source: the
+        image may have been deleted there while instances still run on it
+        (hard reboot, resize, evacuate must keep working). The disk_format
+        it was fetched as is recorded on the base itself.
         """
-        meta = self.source.get_meta(image_id)
-        if expected_format and meta.disk_format != expected_format and \
-                not (expected_format == 'ami'
-                     and meta.disk_format in ('raw', 'qcow2')):
-            raise exception.InvalidImage(
-                image=image_id, reason="disk_format is %s, expected %s"
-                % (meta.disk_format, expected_format))
         path = self.path_for(image_id)
         with self._lock(os.path.basename(path)):
             if os.path.exists(path):
+                disk_format = _recorded_format(path)
+                if disk_format is None:
+                    # Not fetched by this cache (nova's own fetch, a copy
+                    # from another host): the source says what it is, or,
+                    # when the image is gone there, the use does.
+                    try:
+                        disk_format = self.source.get_meta(
+                            image_id).disk_format
+                    except exception.ImageNotFound:
+                        disk_format = expected_format or 'raw'
+                _check_format(image_id, disk_format, expected_format)
                 # Re-inspect on every use: a base that entered the cache
                 # under older rules must not be trusted forever.
-                claimed = 'raw' if meta.disk_format == 'qcow2' else \
-                    meta.disk_format
+                claimed = 'raw' if disk_format == 'qcow2' else disk_format
                 safety.recheck(path, claimed, image_id)
                 os.utime(path)
                 self._pin(path)
                 return CachedImage(image_id, path, 'raw',
                                    os.path.getsize(path))
+            meta = self.source.get_meta(image_id)
+            _check_format(image_id, meta.disk_format, expected_format)
             # Under this lock nobody writes this base: any temporary file
             # of it is left from a fetch that died (kill -9, power loss).
             self._remove_stale_parts(path)
             info = self._download(meta, path, max_virtual_size)
+            _record_format(path, meta.disk_format)
             self._pin(path)
         return CachedImage(image_id, path, 'raw', info.virtual_size)
 
@@ -272,7 +286,8 @@ class ImageCache(object):
         used = {}
         for entry in sorted(os.listdir(self.instances_path)):
             idir = os.path.join(self.instances_path, entry)
-            if entry in ('_base', 'locks') or not os.path.isdir(idir):
+            if entry in (self.base_dir_name, 'locks') or \
+                    not os.path.isdir(idir):
                 continue
             for f in ('kernel', 'ramdisk', 'disk'):
                 p = os.path.join(idir, f)
@@ -399,6 +414,34 @@ def backing_file(disk):
         return None
     info = json.loads(out)
     return info.get('full-backing-filename') or info.get('backing-filename')
+
+
+# The disk_format a base was fetched as, kept on the base's own inode.
+_FORMAT_XATTR = 'user.amiboot.disk_format'
+
+
+def _recorded_format(path):
+    try:
+        return os.getxattr(path, _FORMAT_XATTR).decode('ascii')
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _record_format(path, disk_format):
+    try:
+        os.setxattr(path, _FORMAT_XATTR, disk_format.encode('ascii'))
+    except OSError as e:
+        # No user xattrs here: the source is asked on the next use.
+        LOG.debug("Cannot record the format of %s: %s", path, e)
+
+
+def _check_format(image_id, disk_format, expected_format):
+    if expected_format and disk_format != expected_format and \
+            not (expected_format == 'ami'
+                 and disk_format in ('raw', 'qcow2')):
+        raise exception.InvalidImage(
+            image=image_id, reason="disk_format is %s, expected %s"
+            % (disk_format, expected_format))
 
 
 def _fsync_dir(path):

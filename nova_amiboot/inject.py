@@ -419,3 +419,15 @@ def arrange_relabel(fs):
         fs.write('/.autorelabel', b'', mode=0o644)
         return True
     return False
+
+
+def inject_files(fs, files):
+    """nova's injected files: [(path, bytes)], each a regular file 0644.
+
+    Paths are checked by GuestFS.write like every other write (absolute,
+    plain names, no symbolic link on the way).
+    """
+    for path, content in files:
+        if isinstance(content, str):
+            content = content.encode('utf-8')
+        fs.write(path, content, mode=0o644)

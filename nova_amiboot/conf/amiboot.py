@@ -89,7 +89,17 @@ guest filesystem.
     cfg.BoolOpt('inject_password',
                 default=False,
                 help="""
-Write the admin password, hashed with SHA-512 crypt, into /etc/shadow.
+Write the admin password, hashed with SHA-512 crypt, into /etc/shadow
+(nova: the password given at server create or rebuild). Off by default, as
+in nova.
+"""),
+    cfg.BoolOpt('inject_files',
+                default=False,
+                help="""
+Write the files given at server create or rebuild (nova's injected files,
+API microversions up to 2.56) into the guest filesystem, with the same
+checks as every other write: absolute plain paths, no symbolic link on the
+way. Off by default, as in nova.
 """),
     cfg.BoolOpt('inject_hostname',
                 default=True,

@@ -14,8 +14,12 @@ instance is stock nova:
 
 import base64
 import binascii
+import os
+import shutil
 
+from nova import exception as nova_exception
 from nova.virt.libvirt import driver as libvirt_driver
+from nova.virt.libvirt import utils as libvirt_utils
 from oslo_log import log as logging
 
 from nova_amiboot.conf import CONF
@@ -58,20 +62,100 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
                                     CONF.amiboot.allowed_boot_params,
                                     instance=instance.uuid)
 
-    def _create_image(self, context, instance, *args, **kwargs):
+    def _check_boot_params(self, instance):
+        """Refuse a denied boot parameter before anything is changed."""
         if instance.kernel_id:
             with errors.as_nova_errors(instance.image_ref):
-                # Refuse a denied parameter before any download or disk
-                # work.
                 self._cmdline(instance, '')
-                cache = imagebackend.image_cache(context)
-                cache.fetch(instance.kernel_id, 'aki')
-                if instance.ramdisk_id:
-                    cache.fetch(instance.ramdisk_id, 'ari')
-        return super()._create_image(context, instance, *args, **kwargs)
+
+    def _cache_kernel_ramdisk(self, context, instance, kernel_id,
+                              ramdisk_id, suffix=''):
+        """kernel and ramdisk (instance files) from our inspected cache.
+
+        nova's own route (fetch_raw_image) inspects neither.
+        """
+        inst_dir = libvirt_utils.get_instance_path(instance)
+        cache = imagebackend.image_cache(context, instance.trusted_certs)
+        with errors.as_nova_errors(instance.image_ref):
+            for name, image_id, fmt in (('kernel', kernel_id, 'aki'),
+                                        ('ramdisk', ramdisk_id, 'ari')):
+                if not image_id:
+                    continue
+                base = cache.fetch(image_id, fmt)
+                path = os.path.join(inst_dir, name + suffix)
+                if not os.path.exists(path):
+                    tmp = path + '.part'
+                    shutil.copyfile(base.path, tmp)
+                    os.rename(tmp, path)
+
+    def _create_image(self, context, instance, disk_mapping,
+                      injection_info=None, suffix='', disk_images=None,
+                      *args, **kwargs):
+        if instance.kernel_id:
+            images = disk_images or {'kernel_id': instance.kernel_id,
+                                     'ramdisk_id': instance.ramdisk_id}
+            # Refuse a denied parameter before any download or disk work.
+            self._check_boot_params(instance)
+            if images.get('kernel_id'):
+                # Into _base, inspected; nova then copies them from there.
+                cache = imagebackend.image_cache(context,
+                                                 instance.trusted_certs)
+                with errors.as_nova_errors(instance.image_ref):
+                    cache.fetch(images['kernel_id'], 'aki')
+                    if images.get('ramdisk_id'):
+                        cache.fetch(images['ramdisk_id'], 'ari')
+        with imagebackend.injection(instance.uuid, injection_info):
+            return super()._create_image(
+                context, instance, disk_mapping, injection_info, suffix,
+                disk_images, *args, **kwargs)
+
+    def _hard_reboot(self, context, instance, *args, **kwargs):
+        # Hard reboot and start rebuild the domain from current metadata
+        # after destroying it: check first, so that the guest keeps
+        # running (and the fault says why).
+        self._check_boot_params(instance)
+        return super()._hard_reboot(context, instance, *args, **kwargs)
+
+    def _create_images_and_backing(self, context, instance, instance_dir,
+                                   disk_info, *args, **kwargs):
+        # The destination of a block live migration (and a hard reboot that
+        # lost its disk): a plain overlay over the same base.
+        with imagebackend.migration_target(instance.uuid):
+            return super()._create_images_and_backing(
+                context, instance, instance_dir, disk_info, *args, **kwargs)
+
+    def _fetch_instance_kernel_ramdisk(self, context, instance,
+                                       fallback_from_host=None):
+        if instance.kernel_id:
+            try:
+                self._cache_kernel_ramdisk(context, instance,
+                                           instance.kernel_id,
+                                           instance.ramdisk_id)
+            except nova_exception.ImageNotFound:
+                # nova copies them from the source host.
+                if not fallback_from_host:
+                    raise
+        return super()._fetch_instance_kernel_ramdisk(
+            context, instance, fallback_from_host=fallback_from_host)
 
     def _set_guest_for_inst_kernel(self, instance, guest, inst_path,
                                    root_device_name, image_meta):
         super()._set_guest_for_inst_kernel(instance, guest, inst_path,
                                            root_device_name, image_meta)
         guest.os_cmdline = self._cmdline(instance, guest.os_cmdline)
+
+    def _conf_non_lxc(self, guest, root_device_name, rescue, instance,
+                      inst_path, image_meta, disk_info):
+        ami_rescue = bool(rescue and rescue.get('kernel_id'))
+        if ami_rescue:
+            # A stable-device rescue keeps the instance's disks first and
+            # adds the rescue disk last: the kernel must be told which one
+            # is its root.
+            rescue_disk = disk_info.get('mapping', {}).get('disk.rescue')
+            if rescue_disk:
+                root_device_name = '/dev/' + rescue_disk['dev']
+        super()._conf_non_lxc(guest, root_device_name, rescue, instance,
+                              inst_path, image_meta, disk_info)
+        if ami_rescue and instance.kernel_id:
+            # nova's rescue line drops the per-instance parameters.
+            guest.os_cmdline = self._cmdline(instance, guest.os_cmdline)

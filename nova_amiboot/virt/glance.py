@@ -11,8 +11,11 @@ class GlanceImageSource(images.ImageSource):
 
     name = 'Glance'
 
-    def __init__(self, context):
+    def __init__(self, context, trusted_certs=None):
         self.context = context
+        # The instance's trusted image certificates: nova's client checks
+        # the image signature against them while downloading.
+        self.trusted_certs = trusted_certs
         self.api = glance.API()
 
     def get_meta(self, image_id):
@@ -31,4 +34,5 @@ class GlanceImageSource(images.ImageSource):
 
     def download(self, image_id, fileobj):
         # data=: the one form nova's API and its test fixture share.
-        self.api.download(self.context, image_id, data=fileobj)
+        self.api.download(self.context, image_id, data=fileobj,
+                          trusted_certs=self.trusted_certs)

@@ -1,10 +1,26 @@
 """A Qcow2 image backend that prepares AMI instance disks with the core.
 
 images_type stays qcow2 (the driver has isinstance checks for Qcow2); only
-instances whose image has a kernel_id (AMIs) take the new path. Others get
-nova's own Qcow2 behaviour unchanged.
+the root disk of instances whose image has a kernel_id (AMIs) takes the new
+path. Others get nova's own Qcow2 behaviour unchanged.
+
+nova's ``Image.cache()`` calls ``create_image`` whenever the disk *or* its
+base is missing and ``resize_image`` whenever the flavor is bigger than the
+base. For an AMI root that means:
+
+- no disk: fetch the base through our cache and make the disk (overlay,
+  filesystem grown, key and the rest injected); but the destination of a
+  block live migration gets a plain overlay that libvirt then fills;
+- a disk but no base (resize/cold migration to a host without it, evacuate
+  on shared storage, hard reboot after the base was aged out): fetch the
+  base, leave the disk alone;
+- ``resize_image``: grow the qcow2 and its filesystem when the disk really
+  grows (resize, cold migration); nothing otherwise (every hard reboot).
 """
 
+import contextlib
+import contextvars
+import json
 import os
 
 from nova.virt.libvirt import imagebackend
@@ -15,16 +31,52 @@ from nova_amiboot import cache as cache_mod
 from nova_amiboot.conf import CONF
 from nova_amiboot import disk as disk_mod
 from nova_amiboot import grow
+from nova_amiboot import inject
 from nova_amiboot import spawn
+from nova_amiboot import utils
 from nova_amiboot.virt import errors
 from nova_amiboot.virt import glance
 
 LOG = logging.getLogger(__name__)
 
+# Per call of the driver, for the backend objects nova makes on the way
+# (nova passes neither to Image.cache()): the instance whose disk is the
+# destination of a block migration, and the injection_info of a spawn.
+_MIGRATION_TARGET = contextvars.ContextVar('amiboot_migration_target',
+                                           default=None)
+_INJECTION = contextvars.ContextVar('amiboot_injection', default=None)
 
-def image_cache(context):
-    return cache_mod.ImageCache(CONF.instances_path,
-                                glance.GlanceImageSource(context), CONF)
+
+@contextlib.contextmanager
+def _set(var, value):
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+def migration_target(instance_uuid):
+    """Disks made in this block are a migration's destination."""
+    return _set(_MIGRATION_TARGET, instance_uuid)
+
+
+def injection(instance_uuid, injection_info):
+    """nova's injection_info (admin_pass, files) for this spawn."""
+    return _set(_INJECTION, (instance_uuid, injection_info))
+
+
+def image_cache(context, trusted_certs=None):
+    return cache_mod.ImageCache(
+        CONF.instances_path,
+        glance.GlanceImageSource(context, trusted_certs=trusted_certs),
+        CONF, base_dir_name=CONF.image_cache.subdirectory_name)
+
+
+def virtual_size(path):
+    out, _err = utils.execute('qemu-img', 'info', '-U', '-f', 'qcow2',
+                              '--output=json', path)
+    return json.loads(out)['virtual-size']
 
 
 class AmibootQcow2(imagebackend.Qcow2):
@@ -35,29 +87,71 @@ class AmibootQcow2(imagebackend.Qcow2):
                          disk_info_mapping=disk_info_mapping)
         self.instance = instance
 
-    def _is_ami_root(self, kwargs):
-        return (self.instance is not None and self.instance.kernel_id
-                and kwargs.get('image_id') == self.instance.image_ref
-                and 'context' in kwargs)
+    def _is_ami_instance(self):
+        return self.instance is not None and bool(self.instance.kernel_id)
 
     def create_image(self, prepare_template, base, size, safe=False,
                      *args, **kwargs):
-        if not self._is_ami_root(kwargs):
+        image_id = kwargs.get('image_id')
+        context = kwargs.get('context')
+        if not (self._is_ami_instance() and image_id and context):
+            # Ephemeral and swap disks, other instances, and nova's copy of
+            # a base from the source host (no image_id).
             return super().create_image(prepare_template, base, size,
                                         safe=safe, *args, **kwargs)
-        with errors.as_nova_errors(self.instance.image_ref):
-            self._create_ami_disk(kwargs['context'], size)
+        with errors.as_nova_errors(image_id):
+            if self.exists():
+                self._ensure_base(context, image_id, base)
+            elif image_id != self.instance.image_ref:
+                # A rescue image other than the instance's own.
+                return super().create_image(prepare_template, base, size,
+                                            safe=safe, *args, **kwargs)
+            elif _MIGRATION_TARGET.get() == self.instance.uuid:
+                self._create_plain_overlay(context, image_id, base, size)
+            else:
+                self._create_ami_disk(context, size)
+
+    def _fetch_base(self, context, image_id, base):
+        root = image_cache(context, self.instance.trusted_certs).fetch(
+            image_id, 'ami')
+        if root.path != base:
+            # Both come from instances_path and [image_cache]
+            # subdirectory_name: a mismatch is a bug, not a user error.
+            raise RuntimeError("AMI base %s is not nova's %s"
+                               % (root.path, base))
+        return root
+
+    def _ensure_base(self, context, image_id, base):
+        """The disk exists: make sure its base does, leave the disk alone."""
+        if not os.path.exists(base):
+            self._fetch_base(context, image_id, base)
+            LOG.info("Base %(base)s of the existing disk of %(uuid)s "
+                     "fetched again", {'base': base,
+                                       'uuid': self.instance.uuid})
+
+    def _create_plain_overlay(self, context, image_id, base, size):
+        # libvirt copies the source's disk into it (a shallow block
+        # mirror): no filesystem growth, no injection.
+        root = self._fetch_base(context, image_id, base)
+        disk_mod.create(root.path, self.path, size or root.virtual_size,
+                        mode='overlay', instance=self.instance.uuid,
+                        image=image_id)
 
     def _create_ami_disk(self, context, size):
         inst = self.instance
         # Same base path and lock as nova's Image.cache(): nova's image
-        # cache manager sees this base as its own.
-        cache = image_cache(context)
-        # An image larger than the root disk is refused before it is
-        # converted or cached.
-        root = cache.fetch(inst.image_ref, 'ami',
-                           max_virtual_size=size or None)
+        # cache manager sees this base as its own. An image larger than the
+        # root disk is refused before it is converted or cached.
+        root = image_cache(context, inst.trusted_certs).fetch(
+            inst.image_ref, 'ami', max_virtual_size=size or None)
         size = size or root.virtual_size
+        password, files = None, None
+        ctx = _INJECTION.get()
+        if ctx and ctx[0] == inst.uuid and ctx[1] is not None:
+            if CONF.amiboot.inject_password:
+                password = ctx[1].admin_pass
+            if CONF.amiboot.inject_files:
+                files = ctx[1].files
         fmt = disk_mod.create(root.path, self.path, size, mode='overlay',
                               instance=inst.uuid, image=inst.image_ref)
         try:
@@ -66,15 +160,41 @@ class AmibootQcow2(imagebackend.Qcow2):
                 flavor=spawn.Flavor(inst.flavor.name, inst.flavor.root_gb,
                                     inst.flavor.memory_mb,
                                     inst.flavor.vcpus),
-                key=inst.key_data, hostname=inst.hostname)
+                key=inst.key_data, hostname=inst.hostname,
+                password=password)
             facts = grow.base_facts(root.path, CONF)
             with attach.attached(self.path, fmt, CONF) as target:
                 spawn.customise(target, req, CONF, facts)
+                if files:
+                    inject.inject_files(
+                        inject.GuestFS(target, instance=inst.uuid), files)
         except BaseException:
             self.remove_disk()
             raise
         LOG.info("AMI disk of %(uuid)s prepared over %(base)s",
                  {'uuid': inst.uuid, 'base': root.path})
+
+    def resize_image(self, size):
+        if not (self._is_ami_instance()
+                and os.path.basename(self.path) == 'disk'):
+            return super().resize_image(size)
+        inst = self.instance
+        with errors.as_nova_errors(inst.image_ref):
+            current = virtual_size(self.path)
+            if size <= current:
+                # Every hard reboot comes here: no work.
+                return
+            utils.execute('qemu-img', 'resize', '-q', '-f', 'qcow2',
+                          self.path, str(size))
+            if not CONF.amiboot.grow_filesystem:
+                return
+            with attach.attached(self.path, 'qcow2', CONF) as target:
+                # The disk has been used: a full e2fsck first.
+                grown = grow.grow(target, instance=inst.uuid,
+                                  image=inst.image_ref)
+        LOG.info("AMI disk of %(uuid)s grown from %(old)d to %(new)d bytes"
+                 "%(fs)s", {'uuid': inst.uuid, 'old': current, 'new': size,
+                            'fs': ' with its filesystem' if grown else ''})
 
     def remove_disk(self):
         if os.path.exists(self.path):
