@@ -380,6 +380,7 @@ class LocalCloud(object):
                     reason="Instance %s: flavor %s: %s must be a positive "
                            "integer, not %s" % (name, flavor.name, field,
                                                 domain.shown(value)))
+
     def _reap_interrupted(self):
         """Remove what boots killed midway left (kill -9, power loss).
 
