@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging as std_logging
 import os
+import shutil
 import sys
 import time
 
@@ -18,6 +19,7 @@ from oslo_log import log as logging
 from nova_amiboot import ami as ami_mod
 from nova_amiboot import ari
 from nova_amiboot.conf import amiboot as amiboot_conf
+from nova_amiboot import diskimage
 from nova_amiboot import embedded
 from nova_amiboot import exception
 from nova_amiboot import guest
@@ -115,14 +117,19 @@ class TransferBar(object):
 
 # --- commands -----------------------------------------------------------
 
-def cmd_image_import(cloud, args):
+def _properties(items):
     props = {}
-    for item in args.property or ():
+    for item in items or ():
         k, sep, v = item.partition('=')
         if not sep:
             raise exception.InvalidInput(
                 reason="--property %r is not KEY=VALUE" % item)
         props[k] = v
+    return props
+
+
+def cmd_image_import(cloud, args):
+    props = _properties(args.property)
     meta = cloud.import_triplet(args.name, args.kernel, args.ramdisk,
                                 args.root, props,
                                 root_format=args.root_format)
@@ -156,6 +163,26 @@ def cmd_image_build_ari(cloud, args):
 def cmd_image_build_ami(cloud, args):
     size = ami_mod.build_ami(args.from_dir, args.output, label=args.label)
     emit(args, {'output': args.output, 'size': size})
+
+
+def cmd_image_from_disk(cloud, args):
+    props = _properties(args.property)
+    work = diskimage.work_dir(os.path.join(cloud.state_dir, 'tmp'))
+    try:
+        trip = diskimage.convert(args.source, args.source, work, cloud.conf,
+                                 kernel_version=args.kernel_version,
+                                 label=args.label,
+                                 append=' '.join(args.append or ()))
+        props.setdefault('os_command_line', trip.cmdline)
+        meta = cloud.import_triplet(args.name, trip.kernel, trip.ramdisk,
+                                    trip.root, props)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    row = _image_row(meta)
+    row.update(kernel_version=trip.kernel_version, os=trip.os_name,
+               root_partition=trip.root_partition,
+               fstab_dropped=trip.dropped_fstab)
+    emit(args, row)
 
 
 def _flavor(cloud, args):
@@ -358,6 +385,16 @@ def build_parser():
     sp.add_argument('--from-dir', required=True, metavar='DIR')
     sp.add_argument('--label', default='cloudimg-rootfs')
     sp.add_argument('output')
+
+    sp = add(isub, 'from-disk', cmd_image_from_disk,
+             'make an AMI triplet of a whole-disk image (raw or qcow2, '
+             'MBR or GPT) and import it')
+    sp.add_argument('source', metavar='SRC')
+    sp.add_argument('name')
+    sp.add_argument('--kernel-version', metavar='VERSION')
+    sp.add_argument('--label', default=diskimage.DEFAULT_LABEL)
+    sp.add_argument('--append', action='append', metavar='PARAMS')
+    sp.add_argument('--property', action='append', metavar='K=V')
 
     sp = add(sub, 'boot', cmd_boot, 'boot an instance of an AMI')
     sp.add_argument('name')
