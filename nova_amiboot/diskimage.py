@@ -473,7 +473,8 @@ def finish_fs(path, label, image):
     """Label, shrink, zero free blocks, trim the file to the filesystem."""
     try:
         utils.execute('e2fsck', '-fy', path, check_exit_code=[0, 1])
-        utils.execute('tune2fs', '-L', label, path)
+        if label:
+            utils.execute('tune2fs', '-L', label, path)
         utils.execute('resize2fs', '-M', path)
         # On a regular file e2fsprogs' discard punches holes: free blocks
         # read as zeros afterwards (and take no space).

@@ -24,6 +24,7 @@ from nova_amiboot import embedded
 from nova_amiboot import exception
 from nova_amiboot import guest
 from nova_amiboot import privileged
+from nova_amiboot import snapshot
 
 DEFAULT_CONFIG = '/etc/amiboot/amiboot.conf'
 
@@ -182,6 +183,14 @@ def cmd_image_from_disk(cloud, args):
     row.update(kernel_version=trip.kernel_version, os=trip.os_name,
                root_partition=trip.root_partition,
                fstab_dropped=trip.dropped_fstab)
+    emit(args, row)
+
+
+def cmd_image_snapshot(cloud, args):
+    meta, removed = snapshot.snapshot(cloud, args.instance, args.name,
+                                      keep_injected=args.keep_injected)
+    row = _image_row(meta)
+    row['removed'] = removed
     emit(args, row)
 
 
@@ -395,6 +404,13 @@ def build_parser():
     sp.add_argument('--label', default=diskimage.DEFAULT_LABEL)
     sp.add_argument('--append', action='append', metavar='PARAMS')
     sp.add_argument('--property', action='append', metavar='K=V')
+
+    sp = add(isub, 'snapshot', cmd_image_snapshot,
+             'save a stopped instance as a new AMI sharing its kernel and '
+             'ramdisk')
+    sp.add_argument('instance')
+    sp.add_argument('name')
+    sp.add_argument('--keep-injected', action='store_true')
 
     sp = add(sub, 'boot', cmd_boot, 'boot an instance of an AMI')
     sp.add_argument('name')
