@@ -113,6 +113,7 @@ def snapshot(cloud, instance, name, keep_injected=False):
         utils.execute('qemu-img', 'convert', '-q', '-f', fmt, '-O', 'raw',
                       disk, root)
         label = instance + ' snapshot'
+        diskimage.check_fs(root, label)
         removed = []
         if not keep_injected:
             fs = diskimage.ImageFS(root, label)

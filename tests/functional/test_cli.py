@@ -51,7 +51,7 @@ class CliTestCase(base.RealToolsTestCase):
         return p
 
     def json(self, *args):
-        return json.loads(self.amiboot('--format', 'json', *args).stdout)
+        return json.loads(self.amiboot(*args, '-f', 'json').stdout)
 
     def error(self, *args):
         p = self.amiboot(*args, ok=False)
