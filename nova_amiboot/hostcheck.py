@@ -226,8 +226,9 @@ def doctor(conf, uri, state_dir, kernel=None):
     conn = None
     try:
         conn = libvirt.open(uri)
-        checks.append(Check('libvirtd', 'OK', '%s, libvirt %d' % (
-            uri, conn.getLibVersion())))
+        v = conn.getLibVersion()
+        checks.append(Check('libvirtd', 'OK', '%s, libvirt %d.%d.%d' % (
+            uri, v // 1000000, v // 1000 % 1000, v % 1000)))
     except libvirt.libvirtError as e:
         checks.append(Check('libvirtd', 'FAIL', str(e).splitlines()[0],
                             'start libvirtd and virtlogd '
