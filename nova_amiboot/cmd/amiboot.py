@@ -34,6 +34,7 @@ from nova_amiboot.conf import amiboot as amiboot_conf
 from nova_amiboot import diskimage
 from nova_amiboot import embedded
 from nova_amiboot import exception
+from nova_amiboot import glance
 from nova_amiboot import guest
 from nova_amiboot import hostcheck
 from nova_amiboot import privileged
@@ -293,6 +294,67 @@ class ImageSnapshot(ShowOne):
         row = _image_row(meta)
         row['removed'] = removed
         return self.record(a, row)
+
+
+def _cloud_option(p):
+    p.add_argument('--os-cloud', metavar='CLOUD',
+                   default=os.environ.get('OS_CLOUD'),
+                   help='cloud name in clouds.yaml (default: $OS_CLOUD)')
+
+
+def _conn(a):
+    if not a.os_cloud:
+        raise exception.InvalidInput(
+            reason="give --os-cloud CLOUD (or set OS_CLOUD)")
+    return glance.connect(a.os_cloud)
+
+
+class ImageUpload(ShowOne):
+    """Upload an AMI with its kernel and ramdisk to Glance.
+
+    AKI (aki/aki), ARI (ari/ari), then the AMI (ami/ami) with kernel_id
+    and ramdisk_id set to the Glance copies and its properties
+    (os_command_line, hw_*) kept. Parts already in Glance with the same
+    os_hash_value are reused, not uploaded twice.
+    """
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('name', help='local AMI name or ID')
+        _cloud_option(p)
+        return p
+
+    def take_action(self, a):
+        cloud = self.cloud
+        meta = cloud.find_image(a.name)
+        conn = _conn(a)
+        try:
+            res = glance.upload(conn, cloud.store, meta,
+                                progress=cloud.progress)
+        finally:
+            conn.close()
+        return self.record(a, res)
+
+
+class ImageDownload(ShowOne):
+    """Download an AMI with its kernel and ramdisk from Glance."""
+
+    def get_parser(self, prog_name):
+        p = super().get_parser(prog_name)
+        p.add_argument('image', help='Glance AMI name or ID')
+        p.add_argument('--name', help='local name (default: Glance\'s)')
+        _cloud_option(p)
+        return p
+
+    def take_action(self, a):
+        cloud = self.cloud
+        conn = _conn(a)
+        try:
+            meta = glance.download(conn, cloud, a.image, name=a.name,
+                                   progress=cloud.progress)
+        finally:
+            conn.close()
+        return self.record(a, _image_row(meta))
 
 
 class ImageList(Lister):
@@ -686,6 +748,8 @@ COMMANDS = {
     'image import': ImageImport,
     'image from-disk': ImageFromDisk,
     'image snapshot': ImageSnapshot,
+    'image upload': ImageUpload,
+    'image download': ImageDownload,
     'image list': ImageList,
     'image show': ImageShow,
     'image delete': ImageDelete,
