@@ -11,6 +11,8 @@ download: the reverse; the three parts go through the same checks as
 ``amiboot image import``.
 """
 
+import contextlib
+import io
 import os
 import shutil
 
@@ -69,22 +71,41 @@ class _Reader(object):
         self.f.close()
 
 
-class _Writer(object):
+class _Writer(io.RawIOBase):
+    """A file for openstacksdk to write into, reporting bytes written."""
+
     def __init__(self, path, label, total, progress):
+        super().__init__()
         self.f = open(path, 'wb')
         self.done = 0
         self.label = label
         self.total = total
         self.progress = progress
 
+    def writable(self):
+        return True
+
     def write(self, data):
         self.f.write(data)
         self.done += len(data)
         if self.progress:
             self.progress(self.label, self.done, self.total)
+        return len(data)
 
     def close(self):
         self.f.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def glance_errors(what):
+    """openstacksdk's exceptions as ours, naming what was being done."""
+    from openstack import exceptions as sdk_exc
+
+    try:
+        yield
+    except sdk_exc.SDKException as e:
+        raise exception.ImageDownloadFailed(image=what, reason=str(e))
 
 
 def _raw(conn, image_id):
@@ -92,17 +113,22 @@ def _raw(conn, image_id):
     return conn.image.get('/images/%s' % image_id).json()
 
 
-def _existing(conn, meta):
+def _existing(conn, meta, want=None):
+    """An active Glance image with these bytes (and ``want`` properties)."""
     for image in conn.image.images(os_hash_value=meta.os_hash_value):
         if (image.hash_value == meta.os_hash_value and
                 image.disk_format == meta.disk_format and
                 image.status == 'active'):
+            if want:
+                raw = _raw(conn, image.id)
+                if any(raw.get(k) != v for k, v in want.items()):
+                    continue
             return image
     return None
 
 
-def _put(conn, meta, path, name, properties, progress, reuse=True):
-    found = _existing(conn, meta) if reuse else None
+def _put(conn, meta, path, name, properties, progress, want=None):
+    found = _existing(conn, meta, want)
     if found is not None:
         LOG.info("Image %(name)s: %(fmt)s already in Glance as %(id)s",
                  {'name': name, 'fmt': meta.disk_format, 'id': found.id})
@@ -144,16 +170,9 @@ def upload(conn, store, ami, progress=None):
     props = {k: str(v) for k, v in ami.properties.items()
              if k not in _LOCAL_ONLY}
     props.update(kernel_id=ids['aki'], ramdisk_id=ids['ari'])
+    # The AMI is reused only with these links and properties.
     gid, how = _put(conn, ami, os.path.join(store.path, ami.id), ami.name,
-                    props, progress)
-    if how == 'reused':
-        got = _raw(conn, gid)
-        if (got.get('kernel_id'), got.get('ramdisk_id')) != (
-                ids['aki'], ids['ari']):
-            # Same bytes but other links (or none): the AMI is uploaded
-            # again with the right ones.
-            gid, how = _put(conn, ami, os.path.join(store.path, ami.id),
-                            ami.name, props, progress, reuse=False)
+                    props, progress, want=props)
     result[how].append(ami.name)
     result.update(ami=gid, aki=ids['aki'], ari=ids['ari'])
     return result

@@ -329,8 +329,9 @@ class ImageUpload(ShowOne):
         meta = cloud.find_image(a.name)
         conn = _conn(a)
         try:
-            res = glance.upload(conn, cloud.store, meta,
-                                progress=cloud.progress)
+            with glance.glance_errors(a.name):
+                res = glance.upload(conn, cloud.store, meta,
+                                    progress=cloud.progress)
         finally:
             conn.close()
         return self.record(a, res)
@@ -350,8 +351,9 @@ class ImageDownload(ShowOne):
         cloud = self.cloud
         conn = _conn(a)
         try:
-            meta = glance.download(conn, cloud, a.image, name=a.name,
-                                   progress=cloud.progress)
+            with glance.glance_errors(a.image):
+                meta = glance.download(conn, cloud, a.image, name=a.name,
+                                       progress=cloud.progress)
         finally:
             conn.close()
         return self.record(a, _image_row(meta))

@@ -56,6 +56,15 @@ class TestGlance(test_cli.CliTestCase):
         for image_id in self.created:
             self.conn.image.delete_image(image_id, ignore_missing=True)
 
+    def upload(self, name):
+        res = self.json('image', 'upload', name, '--os-cloud', CLOUD)
+        # Only what this test uploaded is this test's to delete.
+        for key, suffix in (('ami', ''), ('aki', '-kernel'),
+                            ('ari', '-ramdisk')):
+            if name + suffix in res['uploaded']:
+                self.created.append(res[key])
+        return res
+
     def test_upload_reuse_and_download(self):
         tag = uuid.uuid4().hex[:8]
         name = 'it-%s' % tag
@@ -65,11 +74,7 @@ class TestGlance(test_cli.CliTestCase):
         # The kernel and ramdisk of the test bed may be in Glance already
         # (same bytes, another test): then they are reused, which is what
         # this command promises.
-        res = self.json('image', 'upload', name, '--os-cloud', CLOUD)
-        self.created += [res['ami']] + [
-            res[k] for k in ('aki', 'ari')
-            if '%s-%s' % (name, {'aki': 'kernel', 'ari': 'ramdisk'}[k])
-            in res['uploaded']]
+        res = self.upload(name)
         self.assertIn(name, res['uploaded'])
         ami = self.conn.image.get('/images/%s' % res['ami']).json()
         self.assertEqual(('ami', 'ami'), (ami['disk_format'],
@@ -85,7 +90,7 @@ class TestGlance(test_cli.CliTestCase):
             self.assertEqual((fmt, fmt), (part.disk_format,
                                           part.container_format))
         # Again: everything is there already; nothing is uploaded twice.
-        again = self.json('image', 'upload', name, '--os-cloud', CLOUD)
+        again = self.upload(name)
         self.assertEqual([], again['uploaded'])
         self.assertEqual(res['ami'], again['ami'])
 
