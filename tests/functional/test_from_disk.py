@@ -203,3 +203,29 @@ class TestFromDisk(FromDiskTestCase):
         msg = self.error('image', 'from-disk', disk, 'bad',
                          '--kernel-version', self.version)
         self.assertIn('vmlinuz-%s' % self.version, msg)
+
+    def test_separate_boot_partition_moves_into_the_root(self):
+        root = self.linux_tree('t7', boot=False, fstab=(
+            'LABEL=root / ext4 defaults 0 1\n'
+            'LABEL=BOOT /boot ext4 defaults 0 2\n'))
+        boot = self.scratch('t7boot')
+        os.makedirs(os.path.join(boot, 'grub'))
+        shutil.copy(ari.find_kernel_image(self.kpkg), boot)
+        with open(os.path.join(boot, 'grub/grub.cfg'), 'w') as f:
+            f.write('# grub\n')
+        os.symlink('/etc/shadow', os.path.join(boot, 'evil'))
+        disk = self.make_disk('d7', [(LINUX, 160, self.ext4(root)),
+                                     (LINUX, 32, self.ext4(boot))])
+        res = self.json('image', 'from-disk', disk, 'test7')
+        self.assertEqual(self.version, res['kernel_version'])
+        self.assertEqual(1, res['root_partition'])
+        self.assertEqual(['LABEL=BOOT /boot ext4 defaults 0 2'],
+                         res['fstab_dropped'])
+        path = os.path.join(self.state, 'images', res['id'])
+        listing = self.run_cmd('debugfs', '-R', 'ls -l /boot', path)
+        self.assertIn('vmlinuz-' + self.version, listing)
+        self.assertIn('grub', listing)
+        # The link was dropped, not followed.
+        self.assertNotIn('evil', listing)
+        self.assertEqual('# grub\n', self.run_cmd(
+            'debugfs', '-R', 'cat /boot/grub/grub.cfg', path))
