@@ -21,6 +21,7 @@ packages=(
     python3-dev python3-venv
     busybox-static cpio kmod dpkg xz-utils zstd fuse3
     iproute2 openssh-client openssl debootstrap fdisk
+    dosfstools btrfs-progs xfsprogs
 )
 
 install_packages() {

@@ -134,11 +134,16 @@ default list because they hand the guest's first process to the requester.
 Give the guest a VNC display listening on 127.0.0.1.
 """),
     cfg.StrOpt('virt_type',
-               default='kvm',
-               choices=['kvm', 'qemu'],
+               default='auto',
+               choices=[('auto', 'kvm when libvirt offers it and a kernel '
+                         'really boots under it (tested once per host, '
+                         'remembered in the state dir), qemu otherwise'),
+                        ('kvm', 'hardware virtualisation'),
+                        ('qemu', 'software emulation (TCG)')],
                help="""
 Libvirt domain type used by the ``amiboot`` command. ``qemu`` is software
 emulation (TCG) for hosts without usable hardware virtualisation.
+``amiboot doctor`` shows what ``auto`` picks and why.
 """),
 ]
 

@@ -60,6 +60,11 @@ class RealToolsTestCase(unittest.TestCase):
         self.store = images.LocalImageStore(
             os.path.join(self.instances, 'store'))
         self.conf = make_conf()
+        # Other test runs share this host: only what appeared during this
+        # test is ours to account for.
+        self._before = {name: set(live_processes(name))
+                        for name in ('qemu-storage-daemon', 'qemu-nbd')}
+        self._before_exports = set(fuse_exports())
         self.addCleanup(self.assertNothingLeaked)
 
     def add_triplet(self, root=None, root_format='ami', properties=None):
@@ -83,10 +88,44 @@ class RealToolsTestCase(unittest.TestCase):
         self.assertEqual([], [n for n in self.base_dir_entries()
                               if '.part' in n])
 
+    def _ours(self, pid):
+        """A process started for this test (it names our directory).
+
+        With AMIBOOT_STRICT_LEAK_CHECK=1 (a host to oneself) every new
+        process counts, scratch disks outside our directory included.
+        """
+        if os.environ.get('AMIBOOT_STRICT_LEAK_CHECK') == '1':
+            return True
+        try:
+            with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                return self.instances.encode() in f.read()
+        except OSError:
+            return False
+
+    def _export_ours(self, mountpoint, pids):
+        if os.environ.get('AMIBOOT_STRICT_LEAK_CHECK') == '1':
+            return True
+        for pid in pids:
+            try:
+                with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                    if mountpoint.encode() in f.read():
+                        return True
+            except OSError:
+                pass
+        return False
+
     def assertNothingLeaked(self):
-        self.assertEqual([], live_processes('qemu-storage-daemon'))
-        self.assertEqual([], live_processes('qemu-nbd'))
-        self.assertEqual([], fuse_exports())
+        before = getattr(self, '_before', {})
+        for name in ('qemu-storage-daemon', 'qemu-nbd'):
+            self.assertEqual([], [p for p in live_processes(name)
+                                  if p not in before.get(name, ())
+                                  and self._ours(p)])
+        ours = [p for p in live_processes('qemu-storage-daemon')
+                if self._ours(p)]
+        self.assertEqual([], [e for e in fuse_exports()
+                              if e not in getattr(self, '_before_exports',
+                                                  ())
+                              and self._export_ours(e, ours)])
         self.assertNoPartials()
 
     def run_cmd(self, *cmd):

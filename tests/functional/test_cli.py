@@ -10,6 +10,7 @@ import time
 import uuid
 
 from nova_amiboot import guest
+from nova_amiboot import hostcheck
 from tests.functional import base
 from tests.testbed import report
 
@@ -56,7 +57,7 @@ class CliTestCase(base.RealToolsTestCase):
         return p
 
     def json(self, *args):
-        return json.loads(self.amiboot('--format', 'json', *args).stdout)
+        return json.loads(self.amiboot(*args, '-f', 'json').stdout)
 
     def error(self, *args):
         p = self.amiboot(*args, ok=False)
@@ -273,3 +274,102 @@ class TestInstances(CliTestCase):
         p = self.amiboot('--debug', 'show', 'ghost', ok=False)
         self.assertNotEqual(0, p.returncode)
         self.assertIn('Traceback', p.stderr)
+
+
+class TestCommandLine(CliTestCase):
+    """The command as users of the openstack command expect it."""
+
+    def test_formats_and_columns(self):
+        self.import_testbed()
+        names = self.amiboot('image', 'list', '-f', 'value', '-c',
+                             'name').stdout.split()
+        self.assertEqual(['tb', 'tb-kernel', 'tb-ramdisk'], names)
+        csv = self.amiboot('flavor', 'list', '-f', 'csv').stdout
+        self.assertIn('"m1.tiny",1,512,1', csv)
+        yaml = self.amiboot('image', 'show', 'tb', '-f', 'yaml').stdout
+        self.assertIn('disk_format: ami', yaml)
+        table = self.amiboot('image', 'show', 'tb', '-c', 'name').stdout
+        self.assertIn('| name  | tb    |', table)
+        self.assertIn('invalid choice', self.amiboot(
+            'image', 'list', '-f', 'xml', ok=False).stderr)
+
+    def test_every_option_has_help(self):
+        import argparse
+
+        from nova_amiboot.cmd import amiboot as cli
+        app = cli.AmibootApp()
+        for name, cls in cli.COMMANDS.items():
+            parser = cls(app, None).get_parser('amiboot ' + name)
+            for action in parser._actions:
+                if isinstance(action, argparse._HelpAction):
+                    continue
+                self.assertTrue(action.help, "%s: %s has no help"
+                                % (name, action.option_strings or
+                                   action.dest))
+        for action in app.parser._actions:
+            self.assertTrue(action.help, action.option_strings)
+        text = self.amiboot('boot', '--help').stdout
+        for word in ('flavors:', 'networks:', 'user data:', 'bridge:NAME',
+                     'bootparams='):
+            self.assertIn(word, text)
+        self.assertIn('image from-disk', self.amiboot('--help').stdout)
+
+    def test_bash_completion(self):
+        script = self.amiboot('complete').stdout
+        self.assertIn('_amiboot()', script)
+        self.assertIn('complete -F _amiboot amiboot', script)
+        p = subprocess.run(['bash', '-n'], input=script, text=True,
+                           capture_output=True)
+        self.assertEqual(0, p.returncode, p.stderr)
+        self.assertIn('from-disk', script)
+
+    def test_doctor(self):
+        rows = {r['check']: r for r in self.json(
+            'doctor', '--kernel', self.testbed['kernel'])}
+        for check in ('libvirtd', 'QEMU', 'KVM', 'virt_type', 'disk attach',
+                      'e2fsprogs', 'tools', 'state dir'):
+            self.assertIn(rows[check]['status'], ('OK', 'FAIL'), check)
+            if rows[check]['status'] == 'FAIL':
+                self.assertTrue(rows[check]['fix'], check)
+        self.assertEqual('OK', rows['libvirtd']['status'])
+        self.assertEqual('OK', rows['state dir']['status'])
+        # The config says qemu: that always works.
+        self.assertEqual('qemu -> qemu', rows['virt_type']['detail'])
+
+    def test_virt_type_auto_follows_the_kvm_verdict(self):
+        with open(self.config, 'w') as f:
+            f.write('[amiboot]\nvirt_type = auto\n')
+        self.import_testbed()
+        kvm = {r['check']: r for r in self.json(
+            'doctor', '--kernel', self.testbed['kernel'])}['KVM']
+        inst = self.boot('auto1', '--image', 'tb', '--network', 'none',
+                         '--wait')
+        self.assertEqual('kvm' if kvm['status'] == 'OK' else 'qemu',
+                         inst['virt_type'])
+        self.assertIn(inst['wait'], ('ready', 'stopped'))
+
+    def test_state_dir_qemu_cannot_reach_fails_before_disk_work(self):
+        if hostcheck.qemu_user()[1] == 0:
+            self.skipTest("QEMU runs as root here; every directory is "
+                          "reachable")
+        # A --state-dir under a private (0700) directory.
+        private = self.scratch('private')
+        os.makedirs(private, mode=0o755)
+        self.state = os.path.join(private, 'state')
+        self.import_testbed()
+        os.chmod(private, 0o700)
+        self.addCleanup(os.chmod, private, 0o755)
+        before = self.state_snapshot()
+        self.names.append('vm9')
+        msg = self.error('boot', 'vm9', '--image', 'tb')
+        self.assertIn(self.state, msg)
+        self.assertIn('chmod o+x %s' % private, msg)
+        self.assertEqual(before, self.state_snapshot())
+        self.assertIsNone(self.host.lookup('amiboot-vm9'))
+        p = self.amiboot('doctor', '--kernel', self.testbed['kernel'], '-f',
+                         'json', ok=False)
+        # A missing requirement: exit status 1, and the row says the fix.
+        self.assertEqual(1, p.returncode)
+        rows = {r['check']: r for r in json.loads(p.stdout)}
+        self.assertEqual('FAIL', rows['state dir']['status'])
+        self.assertIn('chmod o+x %s' % private, rows['state dir']['fix'])

@@ -48,9 +48,9 @@ def main():
     amiboot('image', 'import', 'testbed', '--kernel', info['kernel'],
             '--ramdisk', info['ramdisk'], '--root', info['root'])
     t1 = time.monotonic()
-    p = amiboot('--format', 'json', 'boot', 'demo', '--image', 'testbed',
+    p = amiboot('boot', 'demo', '--image', 'testbed',
                 '--flavor', 'm1.tiny', '--key-file', key + '.pub',
-                '--boot-param', 'amiboot.demo=1', '--wait')
+                '--boot-param', 'amiboot.demo=1', '--wait', '-f', 'json')
     inst = json.loads(p.stdout)
     booted = time.monotonic() - t1
     print(amiboot('list').stdout)

@@ -1,0 +1,606 @@
+"""Turn a whole-disk image into an AMI triplet, without mounting it.
+
+Distributions publish whole disks (a partition table, an ESP or BIOS boot
+partition, a root partition with /boot inside). The AMI method needs a bare
+root filesystem, a kernel and a ramdisk. Here:
+
+1. the source (raw or qcow2) passes the same format checks as any image
+   (no backing or data file, virtual size under the cap);
+2. ``sfdisk --json`` reads its partition table (for qcow2 from a raw copy of
+   the disk's first MiBs, sparse to the full size);
+3. each candidate partition's first MiB is copied out and probed with
+   ``blkid -p``; Linux partition types and root labels are tried first;
+4. an ext2/3/4 candidate is copied out whole (``qemu-img convert`` of the
+   partition's byte range, sparse) and is the root when it holds
+   /etc/os-release and /sbin/init;
+5. the newest /boot/vmlinuz-* (or the one asked for) is read out, and the
+   ARI is built by the project's ARI builder from that kernel's own modules;
+6. /etc/fstab names the root by LABEL= and loses the entries of partitions
+   that no longer exist; a /boot partition's files move into /boot;
+7. the filesystem gets its label, is shrunk (resize2fs -M) and its free
+   blocks are discarded, which in a regular file punches holes: they read
+   as zeros and the image compresses.
+
+Everything read from the image goes through debugfs from user space; paths
+through a symbolic link are refused, and sizes are bounded.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from oslo_log import log as logging
+from oslo_utils.imageutils import format_inspector
+
+from nova_amiboot import ari
+from nova_amiboot import attach
+from nova_amiboot import exception
+from nova_amiboot import inject
+from nova_amiboot import safety
+from nova_amiboot import utils
+
+LOG = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# The partition table of a GPT or MBR disk (logical partitions aside) lives
+# in the first MiB; 4 MiB leaves room for unusual layouts.
+TABLE_BYTES = 4 * MiB
+PROBE_BYTES = 1 * MiB
+# Bounds for what is read out of the image onto the host.
+MAX_KERNEL = 256 * MiB
+MAX_TEXT = 1 * MiB
+MAX_MODULES = 2048 * MiB
+
+EXT_TYPES = ('ext2', 'ext3', 'ext4')
+# What blkid calls root filesystems that cannot become an AMI, and what we
+# say about them.
+UNSUPPORTED = {
+    'LVM2_member': 'an LVM physical volume',
+    'crypto_LUKS': 'LUKS-encrypted',
+    'btrfs': 'btrfs',
+    'xfs': 'XFS',
+    'zfs_member': 'ZFS',
+    'swap': None,
+    'vfat': None,
+}
+# GPT partition type GUIDs (lower case) and MBR type codes.
+GPT_ROOT_TYPES = {
+    '4f68bce3-e8cd-4db1-96e7-fbcaf984b709',   # Linux root (x86-64)
+    '44479540-f297-41b2-9af7-d131d5f0458a',   # Linux root (x86)
+    'b921b045-1df0-41c3-af44-4c6f280d3fae',   # Linux root (ARM64)
+}
+GPT_LINUX_TYPES = {
+    '0fc63daf-8483-4772-8e79-3d69d8477de4',   # Linux filesystem
+    'e6d6d379-f507-44c2-a23c-238f2a3df928',   # Linux LVM
+    'ca7d7ccb-63ed-4c53-861c-1742536059cc',   # Linux LUKS
+    'bc13c2ff-59e6-4262-a352-b275fd6f7172',   # Linux extended boot
+}
+GPT_SKIP_TYPES = {
+    'c12a7328-f81f-11d2-ba4b-00a0c93ec93b',   # EFI system partition
+    '21686148-6449-6e6f-744e-656564454649',   # BIOS boot
+    '0657fd6d-a4ab-43c4-84e5-0933c84b4f4f',   # Linux swap
+}
+MBR_LINUX_TYPES = {'83', '8e'}
+MBR_SKIP_TYPES = {'ef', '82', '5', 'f', '85', 'ee'}
+ROOT_LABELS = {'cloudimg-rootfs', 'root', 'rootfs', '/'}
+
+LABEL_RE = re.compile(r'^[A-Za-z0-9_.-]{1,16}$')
+VERSION_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}$')
+DEFAULT_LABEL = 'cloudimg-rootfs'
+DEFAULT_CMDLINE = 'ro console=tty0 console=ttyS0'
+# fstab sources that name a disk or partition: none of them exists in an
+# instance but the root, which becomes LABEL=.
+_BLOCK_SPEC = re.compile(r'^(UUID|PARTUUID|LABEL|PARTLABEL)=|^/dev/')
+
+
+@dataclasses.dataclass
+class Partition:
+    number: int
+    start: int          # bytes
+    size: int           # bytes
+    type: str = ''
+    name: str = ''
+    fstype: str = None
+    label: str = None
+    uuid: str = None
+
+    def describe(self):
+        return 'partition %d' % self.number if self.number else 'the disk'
+
+
+@dataclasses.dataclass
+class Triplet:
+    kernel: str
+    ramdisk: str
+    root: str
+    kernel_version: str
+    modules: list
+    cmdline: str
+    root_partition: int
+    os_name: str
+    root_size: int
+    dropped_fstab: list
+
+
+# processutils replaces the whole environment with env_variables: keep PATH
+# (sfdisk and e2fsprogs live in /sbin).
+_C_LOCALE = {'LC_ALL': 'C', 'PATH': os.environ.get('PATH', os.defpath)}
+
+
+def _fail(image, reason):
+    raise exception.InvalidImage(image=image, reason=reason)
+
+
+# --- the source disk ------------------------------------------------------
+
+def inspect_source(src, image, conf):
+    """('raw'|'qcow2', virtual size) of a whole-disk image, or refuse."""
+    if not os.path.isfile(src):
+        raise exception.ImageNotFound(image=image, source="file %s" % src)
+    try:
+        inspector = format_inspector.detect_file_format(src)
+    except format_inspector.ImageFormatError as e:
+        raise exception.UnsafeImage(image=image,
+                                    reason="ambiguous format: %s" % e)
+    detected = str(inspector) if inspector else 'raw'
+    if detected == 'qcow2':
+        return 'qcow2', safety.inspect(src, 'qcow2', image,
+                                       conf).virtual_size
+    if detected not in ('raw', 'gpt'):
+        raise exception.ImageFormatMismatch(image=image,
+                                            claimed='raw or qcow2',
+                                            detected=detected)
+    # A disk with a partition table is "gpt" to the inspector (MBR too).
+    try:
+        inspector.safety_check()
+    except (format_inspector.SafetyCheckFailed,
+            format_inspector.ImageFormatError) as e:
+        raise exception.UnsafeImage(image=image, reason=str(e))
+    info = safety._qemu_img_info(src, 'raw', image, conf)
+    vsize = int(info.get('virtual-size', 0))
+    limit = conf.amiboot.max_image_virtual_size_gb * 1024 ** 3
+    if vsize > limit:
+        raise exception.ImageTooLarge(image=image, size=vsize, limit=limit)
+    return 'raw', vsize
+
+
+def _range_opts(src, fmt, offset, size):
+    """qemu --image-opts for bytes [offset, offset+size) of ``src``."""
+    # Drivers named explicitly: nothing is probed (CVE-2014-0134).
+    inner = ('file.driver=file,file.filename=%s' % attach._qemu_opt(src)
+             if fmt == 'raw' else
+             'file.driver=qcow2,file.file.driver=file,'
+             'file.file.filename=%s' % attach._qemu_opt(src))
+    return 'driver=raw,offset=%d,size=%d,%s' % (offset, size, inner)
+
+
+def copy_range(src, fmt, offset, size, dst):
+    """Copy a byte range of the disk into the raw file ``dst`` (sparse)."""
+    utils.execute('qemu-img', 'convert', '-q', '--image-opts',
+                  _range_opts(src, fmt, offset, size), '-O', 'raw', dst)
+    with open(dst, 'r+b') as f:
+        f.truncate(size)
+
+
+def read_partitions(src, fmt, vsize, work, image):
+    """The disk's partitions per sfdisk; [whole disk] if it has none."""
+    if fmt == 'raw':
+        table_file = src
+    else:
+        table_file = os.path.join(work, 'table.raw')
+        copy_range(src, fmt, 0, min(TABLE_BYTES, vsize), table_file)
+        with open(table_file, 'r+b') as f:
+            f.truncate(vsize)
+    try:
+        out, _err = utils.execute('sfdisk', '--json', table_file,
+                                  env_variables=_C_LOCALE)
+    except exception.CommandFailed as e:
+        if 'does not contain a recognized partition table' in str(e):
+            return [Partition(0, 0, vsize)]
+        _fail(image, "cannot read its partition table: %s" % e)
+    table = json.loads(out or '{}').get('partitiontable') or {}
+    sector = int(table.get('sectorsize', 512))
+    parts = []
+    for p in table.get('partitions', []):
+        m = re.search(r'(\d+)$', p.get('node', ''))
+        start, size = int(p['start']) * sector, int(p['size']) * sector
+        if not m or start + size > vsize:
+            _fail(image, "partition %s lies outside the disk"
+                  % p.get('node'))
+        parts.append(Partition(int(m.group(1)), start, size,
+                               str(p.get('type', '')).lower(),
+                               p.get('name', '')))
+    if not parts:
+        _fail(image, "its partition table is empty")
+    return parts
+
+
+def _rank(part):
+    """Lower is tried first; None: never a root candidate."""
+    if part.type in GPT_SKIP_TYPES or part.type in MBR_SKIP_TYPES:
+        return None
+    if part.type in GPT_ROOT_TYPES:
+        return 0
+    if (part.name or '').lower() in ROOT_LABELS:
+        return 1
+    if part.type in GPT_LINUX_TYPES or part.type in MBR_LINUX_TYPES:
+        return 2
+    return 3
+
+
+def probe(src, fmt, part, work):
+    """Fill in fstype/label/uuid of ``part`` from its first MiB."""
+    path = os.path.join(work, 'probe-%d' % part.number)
+    copy_range(src, fmt, part.start, min(PROBE_BYTES, part.size), path)
+    with open(path, 'r+b') as f:
+        f.truncate(part.size)
+    try:
+        out, _err = utils.execute('blkid', '-p', '-o', 'export', path,
+                                  check_exit_code=[0, 2])
+    finally:
+        os.unlink(path)
+    values = dict(line.split('=', 1) for line in out.splitlines()
+                  if '=' in line)
+    part.fstype = values.get('TYPE')
+    part.label = values.get('LABEL')
+    part.uuid = values.get('UUID')
+    return part
+
+
+# --- reading files out of an ext filesystem -------------------------------
+
+class ImageFS(inject.GuestFS):
+    """A filesystem in a plain file, read with bounds, symlinks refused."""
+
+    def __init__(self, path, image):
+        super().__init__(attach.Target(path, 'file'), instance=image)
+        self.image = image
+
+    def _fail(self, what, reason):
+        raise exception.InvalidImage(image=self.image,
+                                     reason="%s: %s" % (what, reason))
+
+    def check_path(self, path):
+        try:
+            return super().check_path(path)
+        except exception.UnsafeInjectionPath as e:
+            self._fail(path, e.kwargs.get('reason', str(e)))
+
+    def kind(self, path):
+        """'file', 'dir', 'link', other or None, per debugfs (no checks)."""
+        return self._stat_types([path]).get(path)
+
+    def exists(self, path):
+        # debugfs resolves links inside the image; fine for a yes/no.
+        out, _errors = self.debugfs('stat %s\n' % path)
+        return bool(re.search(r'^Inode: \d+', out, re.M))
+
+    def size(self, path):
+        out, errors = self.debugfs('stat %s\n' % path)
+        m = re.search(r'Size: (\d+)', out)
+        if errors or not m:
+            self._fail(path, '; '.join(errors) or 'cannot stat')
+        return int(m.group(1))
+
+    def read_bounded(self, path, limit, dest):
+        """Copy the regular file ``path`` to ``dest`` (at most ``limit``).
+
+        Every component must be a real directory and the file a regular
+        file: a link is refused, never followed.
+        """
+        parts = self.check_path(path)
+        if parts[-1][1] is None:
+            return None
+        size = self.size(path)
+        if size > limit:
+            self._fail(path, "%d bytes, over the limit of %d" % (size,
+                                                                 limit))
+        _out, errors = self.debugfs('dump %s %s\n' % (path, dest))
+        if errors:
+            self._fail(path, '; '.join(errors))
+        if os.path.getsize(dest) != size:
+            self._fail(path, "read %d bytes of %d"
+                       % (os.path.getsize(dest), size))
+        return dest
+
+    def read_text(self, path, work):
+        dest = os.path.join(work, 'text')
+        try:
+            if self.read_bounded(path, MAX_TEXT, dest) is None:
+                return None
+            with open(dest, 'rb') as f:
+                return f.read().decode('utf-8', 'replace')
+        finally:
+            if os.path.exists(dest):
+                os.unlink(dest)
+
+    def listdir(self, path):
+        """{name: (kind, size)} of a directory checked by check_path."""
+        out, errors = self.debugfs('ls -p %s\n' % path)
+        if errors:
+            self._fail(path, '; '.join(errors))
+        entries = {}
+        for line in out.splitlines():
+            # /inode/mode/uid/gid/name/size/
+            f = line.split('/')
+            if len(f) < 7 or f[5] in ('.', '..', ''):
+                continue
+            mode = int(f[2], 8)
+            kind = {0o040000: 'dir', 0o100000: 'file',
+                    0o120000: 'link'}.get(mode & 0o170000, 'other')
+            entries[f[5]] = (kind, int(f[6] or 0))
+        return entries
+
+    def dump_tree(self, path, dest, limit):
+        """rdump a real directory; drop links and specials; bound size.
+
+        Returns the dumped directory, or None if ``path`` is not a real
+        directory. ``/`` dumps the filesystem's top entries into ``dest``.
+        """
+        if path == '/':
+            script = ''.join('rdump /%s %s\n' % (name, dest)
+                             for name in self.listdir('/')
+                             if name != 'lost+found'
+                             and inject._PLAIN.match(name))
+            result = dest
+        else:
+            parts = self.check_path(path + '/x')[:-1]
+            if any(kind != 'dir' for _p, kind in parts):
+                return None
+            script = 'rdump %s %s\n' % (path, dest)
+            result = os.path.join(dest, os.path.basename(path))
+        os.makedirs(dest)
+        _out, errors = self.debugfs(script)
+        if errors:
+            self._fail(path, '; '.join(errors))
+        total = 0
+        for dirpath, dirs, files in os.walk(dest):
+            for name in dirs + files:
+                p = os.path.join(dirpath, name)
+                st = os.lstat(p)
+                if os.path.islink(p) or not (os.path.isdir(p) or
+                                             os.path.isfile(p)):
+                    # A link written by rdump points wherever the image
+                    # wants, host files included: never follow it.
+                    os.unlink(p)
+                    if name in dirs:
+                        dirs.remove(name)
+                    continue
+                total += st.st_size
+        if total > limit:
+            self._fail(path, "%d bytes, over the limit of %d" % (total,
+                                                                 limit))
+        return result
+
+
+def _version_key(version):
+    return [(0, int(t), '') if t.isdigit() else (1, 0, t)
+            for t in re.findall(r'\d+|[^\d]+', version)]
+
+
+def is_linux_root(fs):
+    return (fs.kind('/etc') == 'dir' and
+            (fs.exists('/etc/os-release') or fs.exists('/usr/lib/os-release'))
+            and (fs.exists('/sbin/init') or fs.exists('/usr/sbin/init')))
+
+
+def os_name(fs, work):
+    for path in ('/etc/os-release', '/usr/lib/os-release'):
+        if fs.kind(path) != 'file':
+            continue    # /etc/os-release is often a link to the other
+        text = fs.read_text(path, work) or ''
+        m = re.search(r'^PRETTY_NAME="?([^"\n]*)"?$', text, re.M)
+        if m:
+            return m.group(1)
+    return 'Linux'
+
+
+def choose_kernel(fs, image, version=None):
+    boot = fs.check_path('/boot/x')[:-1]
+    if any(kind != 'dir' for _p, kind in boot):
+        _fail(image, "its root filesystem has no /boot directory")
+    kernels = {name[len('vmlinuz-'):]: kind
+               for name, (kind, _size) in fs.listdir('/boot').items()
+               if name.startswith('vmlinuz-')}
+    if version:
+        if kernels.get(version) != 'file':
+            _fail(image, "no kernel /boot/vmlinuz-%s (found: %s)"
+                  % (version, ', '.join(sorted(kernels)) or 'none'))
+        return version
+    found = sorted((v for v, kind in kernels.items()
+                    if kind == 'file' and VERSION_RE.match(v)),
+                   key=_version_key)
+    if not found:
+        _fail(image, "no kernel /boot/vmlinuz-* in its root filesystem")
+    return found[-1]
+
+
+def rewrite_fstab(text, label, fstype):
+    """(new fstab, dropped lines): root by LABEL=, other disks gone."""
+    lines, dropped, have_root = [], [], False
+    for line in (text or '').splitlines():
+        fields = line.split()
+        if not fields or fields[0].startswith('#') or len(fields) < 2:
+            lines.append(line)
+            continue
+        if fields[1] == '/':
+            fields[0] = 'LABEL=%s' % label
+            if len(fields) > 2:
+                fields[2] = fstype
+            lines.append(' '.join(fields))
+            have_root = True
+        elif _BLOCK_SPEC.match(fields[0]):
+            # A partition of the source disk (ESP, /boot, swap) or another
+            # disk: the instance has only its root disk.
+            dropped.append(line)
+        else:
+            lines.append(line)
+    if not have_root:
+        lines.insert(0, 'LABEL=%s / %s defaults 0 1' % (label, fstype))
+    return '\n'.join(lines) + '\n', dropped
+
+
+def _merge_boot(root_fs, boot_tree, image):
+    """Write a /boot partition's files into the root's /boot."""
+    script = []
+    for dirpath, dirs, files in os.walk(boot_tree):
+        rel = os.path.relpath(dirpath, boot_tree)
+        target_dir = '/boot' if rel == '.' else '/boot/' + rel
+        for name in sorted(dirs):
+            p = target_dir + '/' + name
+            root_fs._prefixes(p)   # plain names only
+            script += ['mkdir %s' % p, 'sif %s mode 040755' % p]
+        for name in sorted(files):
+            p = target_dir + '/' + name
+            root_fs._prefixes(p)
+            mode = os.lstat(os.path.join(dirpath, name)).st_mode & 0o777
+            script += ['cd %s' % target_dir,
+                       'write %s %s' % (os.path.join(dirpath, name), name),
+                       'sif %s mode 0%o' % (name, 0o100000 | mode),
+                       'sif %s uid 0' % name, 'sif %s gid 0' % name]
+    if script:
+        _out, errors = root_fs.debugfs('\n'.join(script) + '\n', write=True,
+                                       what='/boot')
+        if errors:
+            _fail(image, "cannot move /boot into the root: %s"
+                  % '; '.join(errors))
+
+
+def check_fs(path, image):
+    """e2fsck -fy our copy: replays the journal before anything is edited.
+
+    debugfs ignores the journal; an edit made before a replay would be
+    overwritten by the replay (a guest stopped without a clean unmount, a
+    disk image saved from a running system).
+    """
+    try:
+        utils.execute('e2fsck', '-fy', path, check_exit_code=[0, 1, 2])
+    except exception.CommandFailed as e:
+        _fail(image, "its root filesystem is damaged beyond repair: %s" % e)
+
+
+def finish_fs(path, label, image):
+    """Label, shrink, zero free blocks, trim the file to the filesystem."""
+    try:
+        utils.execute('e2fsck', '-fy', path, check_exit_code=[0, 1])
+        if label:
+            utils.execute('tune2fs', '-L', label, path)
+        utils.execute('resize2fs', '-M', path)
+        # On a regular file e2fsprogs' discard punches holes: free blocks
+        # read as zeros afterwards (and take no space).
+        utils.execute('e2fsck', '-fy', '-E', 'discard', path,
+                      check_exit_code=[0, 1])
+        out, _err = utils.execute('dumpe2fs', '-h', path,
+                                  env_variables=_C_LOCALE)
+    except exception.CommandFailed as e:
+        _fail(image, "its root filesystem cannot be checked or shrunk: %s"
+              % e)
+    blocks = int(re.search(r'^Block count:\s+(\d+)', out, re.M).group(1))
+    bsize = int(re.search(r'^Block size:\s+(\d+)', out, re.M).group(1))
+    with open(path, 'r+b') as f:
+        f.truncate(blocks * bsize)
+    return blocks * bsize
+
+
+def convert(src, image, work, conf, kernel_version=None,
+            label=DEFAULT_LABEL, append=''):
+    """Make an AMI triplet of the whole-disk image ``src`` inside ``work``.
+
+    ``image`` names the source in every error. Returns a Triplet.
+    """
+    if not LABEL_RE.match(label or ''):
+        raise exception.InvalidInput(
+            reason="label %r: use at most 16 letters, digits, '.', '_' or "
+                   "'-'" % label)
+    if kernel_version and not VERSION_RE.match(kernel_version):
+        raise exception.InvalidInput(
+            reason="kernel version %r is not a plain version" %
+                   kernel_version)
+    fmt, vsize = inspect_source(src, image, conf)
+    parts = read_partitions(src, fmt, vsize, work, image)
+    ranked = sorted((p for p in parts if _rank(p) is not None),
+                    key=lambda p: (_rank(p), p.number))
+    for p in ranked:
+        probe(src, fmt, p, work)
+    refused, root, root_fs, boot_tree = [], None, None, None
+    for p in ranked:
+        if p.fstype in EXT_TYPES:
+            path = os.path.join(work, 'part-%d.img' % p.number)
+            copy_range(src, fmt, p.start, p.size, path)
+            check_fs(path, image)
+            fs = ImageFS(path, image)
+            if root is None and is_linux_root(fs):
+                root, root_fs = p, fs
+                continue
+            if boot_tree is None and any(
+                    n.startswith('vmlinuz-') for n in fs.listdir('/')):
+                boot_tree = fs.dump_tree('/', os.path.join(work, 'boot'),
+                                         MAX_MODULES)
+                LOG.info("Image %(image)s: %(part)s is /boot",
+                         {'image': image, 'part': p.describe()})
+            os.unlink(path)
+        elif UNSUPPORTED.get(p.fstype):
+            refused.append(p)
+    if root is None:
+        if refused:
+            p = refused[0]
+            _fail(image, "its root filesystem on %s is %s; only ext2, ext3 "
+                  "and ext4 roots can become an AMI"
+                  % (p.describe(), UNSUPPORTED[p.fstype]))
+        _fail(image, "no Linux root filesystem found (looked for "
+              "/etc/os-release and /sbin/init on %s)"
+              % (', '.join('%s (%s)' % (p.describe(), p.fstype or 'unknown')
+                           for p in ranked) or 'no partition'))
+    name = os_name(root_fs, work)
+    if boot_tree is not None:
+        if root_fs.listdir('/boot') and any(
+                n.startswith('vmlinuz-') for n in root_fs.listdir('/boot')):
+            LOG.info("Image %s: /boot inside the root already has kernels",
+                     image)
+        else:
+            _merge_boot(root_fs, boot_tree, image)
+        shutil.rmtree(os.path.join(work, 'boot'), ignore_errors=True)
+    version = choose_kernel(root_fs, image, kernel_version)
+    kernel = root_fs.read_bounded('/boot/vmlinuz-%s' % version, MAX_KERNEL,
+                                  os.path.join(work, 'vmlinuz'))
+    modules_dir = None
+    for top in ('/usr/lib/modules', '/lib/modules'):
+        modules_dir = root_fs.dump_tree('%s/%s' % (top, version),
+                                        os.path.join(work, 'modules'),
+                                        MAX_MODULES)
+        if modules_dir:
+            break
+    if not modules_dir:
+        _fail(image, "kernel %s has no modules directory "
+              "(/usr/lib/modules/%s or /lib/modules/%s)"
+              % (version, version, version))
+    ramdisk = os.path.join(work, 'initrd.img')
+    try:
+        modules = ari.build_ari(ramdisk, modules_dir=modules_dir)
+    except (exception.ModuleNotFound, exception.ARIBuildFailed) as e:
+        _fail(image, "kernel %s: %s" % (version, e))
+    shutil.rmtree(os.path.join(work, 'modules'), ignore_errors=True)
+    fstab = root_fs.read_text('/etc/fstab', work)
+    new_fstab, dropped = rewrite_fstab(fstab, label, root.fstype)
+    root_fs.write('/etc/fstab', new_fstab.encode(), mode=0o644)
+    size = finish_fs(root_fs.target.path, label, image)
+    root_path = os.path.join(work, 'root.img')
+    os.rename(root_fs.target.path, root_path)
+    cmdline = 'root=LABEL=%s %s' % (label, DEFAULT_CMDLINE)
+    if append:
+        cmdline += ' ' + ' '.join(append.split())
+    LOG.info("Image %(image)s: root %(part)s (%(os)s), kernel %(ver)s, "
+             "%(size)d bytes", {'image': image, 'part': root.describe(),
+                                'os': name, 'ver': version, 'size': size})
+    return Triplet(kernel=kernel, ramdisk=ramdisk, root=root_path,
+                   kernel_version=version, modules=modules, cmdline=cmdline,
+                   root_partition=root.number, os_name=name, root_size=size,
+                   dropped_fstab=dropped)
+
+
+def work_dir(base):
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    return tempfile.mkdtemp(prefix='amiboot-convert-', dir=base)

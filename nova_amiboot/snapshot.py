@@ -1,0 +1,132 @@
+"""A stopped instance's disk becomes a new AMI.
+
+The overlay is flattened into a bare raw filesystem (``qemu-img convert``
+from the format libvirt runs the disk with, never a probe: in copy mode the
+guest owns every byte of a raw disk, headers included), the per-instance
+injections are taken out again unless asked to keep them (the SSH key lines
+that nova-amiboot marked, the hostname, the NoCloud seed), and the
+filesystem is shrunk with its free blocks zeroed like any new AMI. The
+snapshot keeps the source AMI's kernel, ramdisk and properties
+(``os_command_line`` included): it shares their AKI and ARI.
+"""
+
+import os
+import re
+import shutil
+
+from lxml import etree
+from oslo_log import log as logging
+
+from nova_amiboot import diskimage
+from nova_amiboot import embedded
+from nova_amiboot import exception
+from nova_amiboot import inject
+from nova_amiboot import safety
+from nova_amiboot import utils
+
+LOG = logging.getLogger(__name__)
+
+SEED = '/var/lib/cloud/seed/nocloud'
+
+
+def _disk_of(cloud, inst):
+    """(path, format) of the instance's root disk, per its domain."""
+    dom = cloud.host.lookup(inst.domain_name)
+    if dom is None:
+        raise exception.InvalidInput(
+            reason="instance %s has no libvirt domain" % inst.name)
+    if dom.isActive():
+        raise exception.InvalidInput(
+            reason="instance %s is %s; stop it first ('amiboot stop %s')"
+                   % (inst.name, inst.state, inst.name))
+    tree = etree.fromstring(dom.XMLDesc(0).encode())
+    for disk in tree.findall('./devices/disk'):
+        target = disk.find('target')
+        if target is not None and target.get('dev') == 'vda':
+            return disk.find('source').get('file'), disk.find(
+                'driver').get('type')
+    raise exception.InvalidInput(
+        reason="instance %s has no root disk vda" % inst.name)
+
+
+def remove_injected(fs, base_fs, work):
+    """Undo key, hostname and seed injection; return what was removed."""
+    removed = []
+    keys = fs.read_text('/root/.ssh/authorized_keys', work)
+    if keys is not None and inject.KEY_MARKER in keys:
+        lines, skip = [], False
+        for line in keys.splitlines():
+            if line.strip() == inject.KEY_MARKER:
+                skip = True         # the marker and the key after it
+                continue
+            if skip:
+                skip = False
+                continue
+            lines.append(line)
+        fs.write('/root/.ssh/authorized_keys',
+                 ''.join(line + '\n' for line in lines).encode(),
+                 mode=0o600)
+        removed.append('/root/.ssh/authorized_keys')
+    original = base_fs.read_text('/etc/hostname', work)
+    current = fs.read_text('/etc/hostname', work)
+    if current is not None and current != original:
+        if original is None:
+            fs.debugfs('rm /etc/hostname\n', write=True, what='hostname')
+        else:
+            fs.write('/etc/hostname', original.encode(), mode=0o644)
+        removed.append('/etc/hostname')
+    for name in ('meta-data', 'user-data'):
+        path = '%s/%s' % (SEED, name)
+        if fs.kind(path) == 'file' and base_fs.kind(path) is None:
+            fs.debugfs('rm %s\n' % path, write=True, what=path)
+            removed.append(path)
+    return removed
+
+
+def _label(path):
+    out, _err = utils.execute('dumpe2fs', '-h', path,
+                              env_variables=diskimage._C_LOCALE)
+    m = re.search(r'^Filesystem volume name:\s+(\S*)', out, re.M)
+    label = m.group(1) if m else ''
+    return None if label in ('', '<none>') else label
+
+
+def snapshot(cloud, instance, name, keep_injected=False):
+    """Make AMI ``name`` of stopped ``instance``; return (meta, removed)."""
+    embedded._check_name('image', name)
+    inst = cloud.get(instance)
+    for meta in cloud.store.list():
+        if meta.name == name:
+            raise exception.ImageExists(name=name, id=meta.id)
+    disk, fmt = _disk_of(cloud, inst)
+    if fmt not in ('qcow2', 'raw'):
+        raise exception.InvalidInput(
+            reason="instance %s: disk format %s" % (inst.name, fmt))
+    source = cloud.store.get_meta(inst.image_id)
+    # The raw base in the cache (an AMI imported as qcow2 is raw there).
+    base = cloud.cache.fetch(source.id, 'ami').path
+    work = diskimage.work_dir(os.path.join(cloud.state_dir, 'tmp'))
+    try:
+        root = os.path.join(work, 'root.img')
+        # -f as libvirt runs it; the overlay's backing format is in its
+        # header, written by us (backing_fmt=raw).
+        utils.execute('qemu-img', 'convert', '-q', '-f', fmt, '-O', 'raw',
+                      disk, root)
+        label = instance + ' snapshot'
+        diskimage.check_fs(root, label)
+        removed = []
+        if not keep_injected:
+            fs = diskimage.ImageFS(root, label)
+            base_fs = diskimage.ImageFS(base, source.name)
+            removed = remove_injected(fs, base_fs, work)
+        diskimage.finish_fs(root, _label(root), label)
+        safety.inspect(root, 'ami', name, cloud.conf)
+        props = dict(source.properties)
+        props.update(snapshot_of=inst.name, base_image_ref=source.id)
+        meta = cloud.store.add(name, root, 'ami', props,
+                               progress=cloud.progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    LOG.info("Instance %(inst)s saved as image %(name)s (%(id)s)",
+             {'inst': inst.name, 'name': name, 'id': meta.id})
+    return meta, removed
