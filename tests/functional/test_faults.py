@@ -292,8 +292,10 @@ class TestDiskFull(FaultTestCase):
                 self.assertEqual(1, len(lines), err)
                 self.assertTrue('No space left' in lines[0] or
                                 'are free' in lines[0], lines[0])
-                self.assertTrue(ami.id in lines[0] or 'fault-vm' in lines[0],
-                                lines[0])
+                # Names the instance or the image part it was fetching.
+                self.assertTrue(any(n in lines[0] for n in (
+                    'fault-vm', ami.id, ami.kernel_id, ami.ramdisk_id)),
+                    lines[0])
                 self.assertFalse(os.path.exists(os.path.join(inst,
                                                              inst_uuid)))
                 clear += 1
