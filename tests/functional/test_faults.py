@@ -292,8 +292,10 @@ class TestDiskFull(FaultTestCase):
                 self.assertEqual(1, len(lines), err)
                 self.assertTrue('No space left' in lines[0] or
                                 'are free' in lines[0], lines[0])
-                self.assertTrue(ami.id in lines[0] or 'fault-vm' in lines[0],
-                                lines[0])
+                # Names the instance or the image part it was fetching.
+                self.assertTrue(any(n in lines[0] for n in (
+                    'fault-vm', ami.id, ami.kernel_id, ami.ramdisk_id)),
+                    lines[0])
                 self.assertFalse(os.path.exists(os.path.join(inst,
                                                              inst_uuid)))
                 clear += 1
@@ -402,3 +404,39 @@ class TestKillCli(test_cli.CliTestCase, FaultTestCase):
                                       len(leaked)))
         self.assertEqual([], leaked)
         self.assertEqual(kills, recovered)
+
+
+class TestPartAgeing(FaultTestCase):
+    """Temporary files of dead fetches go with the clean-up; live ones stay."""
+
+    def test_clean_removes_parts_of_dead_fetches_only(self):
+        ami, _aki, _ari = self.qcow2_triplet()
+        inst = self.scratch('parts')
+        pid, rc, _out, err = self.drive(inst, ami, str(uuid.uuid4()),
+                                        AMIBOOT_KILL_AT='run:qemu-img '
+                                                        'convert 1')
+        self.assertEqual(-9, rc, err)
+        c = cache_mod.ImageCache(inst, self.store, self.conf)
+        dead = sorted(glob.glob(c.path_for(ami.id) + '.part*'))
+        self.assertEqual(['%s.part-%d' % (c.path_for(ami.id), pid)],
+                         [d for d in dead if not d.endswith('.raw')])
+        # A fetch in progress elsewhere holds its base's lock.
+        live = c.path_for('other-image') + '.part-1'
+        open(live, 'w').close()
+        with lockutils.lock(os.path.basename(c.path_for('other-image')),
+                            lock_file_prefix=cache_mod.LOCK_PREFIX,
+                            external=True, lock_path=c.lock_path):
+            removed = subprocess.run(
+                [sys.executable, '-c', 'import sys; '
+                 'from tests.functional import cleaner; '
+                 'from nova_amiboot import cache, images; '
+                 'from tests.functional import base; '
+                 'print(cache.ImageCache(sys.argv[1], images.LocalImageStore('
+                 'sys.argv[2]), base.make_conf()).clean(min_age=3600))',
+                 inst, self.store.path], cwd=TOP, env=hooked_env(),
+                capture_output=True, text=True, check=True).stdout
+        for d in dead:
+            self.assertIn(d, removed)
+            self.assertFalse(os.path.exists(d))
+        self.assertTrue(os.path.exists(live))
+        os.unlink(live)
