@@ -78,6 +78,22 @@ NOVA_EXCEPTION = {
     exception.InstanceExists: _generic,
     exception.FlavorNotFound: _generic,
     exception.InvalidInput: _invalid_input,
+    # Tools run under a time limit only on image content (qemu-img info,
+    # e2fsprogs on the guest filesystem): a crafted image is the likely
+    # cause, and another host would only run into it again.
+    exception.CommandTimeout: _image_unacceptable,
+    exception.InsufficientSpace: _host_problem,
+    # A request outside the e2fsprogs grammar carries a user's path (an
+    # injected file's name).
+    exception.E2fsRequestRefused: _invalid_input,
+    exception.GuestFileTooLarge: _image_unacceptable,
+    exception.InvalidBootParameter: _invalid_input,
+    exception.InvalidCommandLine: _image_unacceptable,
+    # The amiboot command's own domains and interfaces.
+    exception.InvalidDomain: _generic,
+    exception.DomainNotOwned: _generic,
+    exception.InvalidInterfaceName: _generic,
+    exception.DomainNameTaken: _generic,
 }
 
 
