@@ -115,26 +115,28 @@ def owner_dead(path):
     return _start_time(pid) != start
 
 
-def owned_tempdir(prefix):
+def owned_tempdir(prefix, dir=None):
     """mkdtemp() that records its owner (pid and start time).
 
     A process killed with SIGKILL runs no clean-up; reap_stale_tempdirs()
     recognises its directories by the dead owner and removes them.
     """
-    path = tempfile.mkdtemp(prefix=prefix)
+    path = tempfile.mkdtemp(prefix=prefix, dir=dir)
     write_owner(os.path.join(path, _OWNER))
     return path
 
 
-def reap_stale_tempdirs(prefix, release=None):
+def reap_stale_tempdirs(prefix, release=None, dir=None):
     """Remove ``prefix`` scratch dirs whose owner process is gone.
+
+    ``dir``: where they are (default: the temporary directory).
 
     ``release(path)`` first undoes what the directory holds (a FUSE mount,
     a daemon). Returns the directories removed.
     """
     removed = []
-    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()),
-                                       prefix + '*')):
+    top = dir or tempfile.gettempdir()
+    for path in glob.glob(os.path.join(glob.escape(top), prefix + '*')):
         if not os.path.isdir(path) or \
                 not owner_dead(os.path.join(path, _OWNER)):
             continue
