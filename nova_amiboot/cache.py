@@ -23,6 +23,7 @@ from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
 from nova_amiboot import exception
+from nova_amiboot import grow
 from nova_amiboot import safety
 from nova_amiboot import utils
 
@@ -224,6 +225,8 @@ class ImageCache(object):
                 os.unlink(p)
                 removed.append(p)
                 LOG.info("Removed unused cached image %s", p)
+        # Grown templates of removed bases go with them.
+        grow.sweep_templates(self.base_dir)
         return removed
 
 

@@ -142,6 +142,13 @@ def customise(target, req, conf, facts, grown=False, selinux=None):
     return grown
 
 
+def _base_lock(cache, root):
+    """The base's own cache lock (nova's name for it)."""
+    return lockutils.lock(os.path.basename(root.path),
+                          lock_file_prefix=cache_mod.LOCK_PREFIX,
+                          external=True, lock_path=cache.lock_path)
+
+
 def make_disk(conf, cache, req, root, facts, path):
     """Create the instance disk; return (format, template facts or None).
 
@@ -153,12 +160,8 @@ def make_disk(conf, cache, req, root, facts, path):
     if conf.amiboot.disk_mode == 'overlay' and \
             conf.amiboot.grow_filesystem and \
             facts['fstype'] in grow.EXT_TYPES:
-        # The base's own cache lock (nova's name): the base stays while a
-        # template of it is built.
-        lock = functools.partial(
-            lockutils.lock, os.path.basename(root.path),
-            lock_file_prefix=cache_mod.LOCK_PREFIX, external=True,
-            lock_path=cache.lock_path)
+        # The base stays while a template of it is built.
+        lock = functools.partial(_base_lock, cache, root)
         tfacts = grow.grown_disk(root.path, path, size, facts, conf, lock,
                                  instance=req.name, image=req.image_id)
         if tfacts is not None:
@@ -186,7 +189,11 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
         req.boot_params, conf.amiboot.allowed_boot_params,
         instance=req.name)
     _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id)
-    facts = grow.base_facts(root.path, conf)
+    facts = grow.known_facts(root.path)
+    if facts is None:
+        # Once per base: concurrent first spawns wait for one check.
+        with _base_lock(cache, root):
+            facts = grow.base_facts(root.path, conf)
     timings['fetch'] = time.monotonic() - t0
 
     idir = os.path.join(cache.instances_path, req.uuid)

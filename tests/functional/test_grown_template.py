@@ -125,6 +125,18 @@ class TestGrownTemplate(base.RealToolsTestCase):
         self.assertEqual([name], grow.sweep_templates(cache.base_dir))
         self.assertEqual([], self.templates())
 
+    def test_cache_clean_takes_templates_with_bases(self):
+        ami, _a, _r = self.add_triplet()
+        p = self.prepare(self.request(ami.id, key=None))
+        cache = self.make_cache()
+        # In use: the base and its template stay.
+        self.assertEqual([], cache.clean(min_age=0))
+        self.assertEqual(1, len(self.templates()))
+        os.unlink(p.disk)
+        removed = cache.clean(min_age=0)
+        self.assertIn(cache.path_for(ami.id), removed)
+        self.assertEqual([], self.templates())
+
     def test_no_xattrs_no_template(self):
         ami, _a, _r = self.add_triplet()
         cache = self.make_cache()
