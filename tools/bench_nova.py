@@ -179,7 +179,13 @@ def _guestfs_child(disk, key):
     from nova.virt.disk.vfs import api as vfs_api
     from nova.virt.image import model as imgmodel
 
+    from nova.virt.disk.vfs import guestfs as vfs_guestfs
+
+    # What nova's libvirt driver does with virt_type = qemu.
+    vfs_guestfs.force_tcg()
     image = imgmodel.LocalFileImage(disk, imgmodel.FORMAT_QCOW2)
+    # nova checks libguestfs once per process (an appliance launch of its
+    # own): done here, before the clock, as a running nova-compute has.
     fs = vfs_api.VFS.instance_for_image(image, None)
     t = time.monotonic()
     ok = disk_api.inject_data(image, key=key, mandatory=('key',))

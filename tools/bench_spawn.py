@@ -202,6 +202,12 @@ class Bench(object):
         qcow2_fs = int(f['Block count']) * int(f['Block size'])
         guestfs, guestfs_why = (None, "not measured (--no-guestfs)")
         if not a.no_guestfs:
+            # nova's key injection looks root up in /etc/passwd (augeas);
+            # the bench AMI is a pile of files without one: add it first.
+            with attach.attached(qdisk, 'qcow2', self.conf) as tg:
+                fs = inject.GuestFS(tg)
+                fs.write('/etc/passwd', b'root:x:0:0:root:/root:/bin/sh\n')
+                fs.write('/etc/group', b'root:x:0:\n')
             guestfs, guestfs_why = bench_nova.guestfs_inject(qdisk, KEY)
             if guestfs:
                 with attach.attached(qdisk, 'qcow2', self.conf) as tg:
