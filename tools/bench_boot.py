@@ -40,6 +40,8 @@ def boot_to_guest(testbed, timeout=600):
         f.write('[amiboot]\nvirt_type = qemu\n')
     name = 'bench-%s' % uuid.uuid4().hex[:6]
     base = [amiboot_cmd(), '--state-dir', state, '--config-file', config]
+    # Lookups of the domain fail until the command defines it: quietly.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     conn = libvirt.open('qemu:///system')
     try:
         subprocess.run(base + ['image', 'import', 'benchtb', '--kernel',
@@ -85,7 +87,7 @@ def boot_to_guest(testbed, timeout=600):
                     break
             if proc.poll() is not None and 'report' not in marks:
                 break
-            time.sleep(0.01)
+            time.sleep(0.005)
         proc.wait(timeout=timeout)
         if 'report' not in marks:
             err = proc.stderr.read().decode('utf-8', 'replace').strip()
