@@ -149,6 +149,8 @@ class ImageCache(object):
         with open(tmp, 'wb') as f:
             writer = _HashingWriter(f, algo or 'md5', meta, self.progress)
             self.source.download(meta.id, writer)
+            # The size even where the image ends in zeros (a hole).
+            f.truncate(writer.size)
         if meta.size is not None and writer.size != meta.size:
             raise exception.ImageSizeMismatch(image=meta.id,
                                               actual=writer.size,
@@ -230,6 +232,11 @@ class ImageCache(object):
         return removed
 
 
+# Zero runs of this size (a multiple of any filesystem block) are skipped.
+_HOLE = 64 * 1024
+_ZEROS = bytes(_HOLE)
+
+
 class _HashingWriter(object):
     """A file wrapper that hashes, counts and reports what passes through."""
 
@@ -242,8 +249,15 @@ class _HashingWriter(object):
         self.size = 0
 
     def write(self, chunk):
-        self.f.write(chunk)
         self.hasher.update(chunk)
+        chunk = bytes(chunk)
+        for i in range(0, len(chunk), _HOLE):
+            piece = chunk[i:i + _HOLE]
+            if piece == _ZEROS[:len(piece)]:
+                # A hole: the base stays sparse where the image is.
+                self.f.seek(len(piece), os.SEEK_CUR)
+            else:
+                self.f.write(piece)
         self.size += len(chunk)
         if self.progress:
             self.progress('fetching %s' % self.meta.id, self.size,
