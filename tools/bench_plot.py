@@ -51,6 +51,10 @@ def plot(result, raw, path, machine):
     labels.append('ours: total')
     values.append(result['prep_median_s'])
     colors.append('tab:blue')
+    if result.get('prep_without_template_median_s'):
+        labels.append('ours without grown templates')
+        values.append(result['prep_without_template_median_s'])
+        colors.append('tab:cyan')
     for step in ('copy', 'extend', 'e2fsck', 'resize2fs',
                  'mount+key+umount'):
         if step in raw['copy']:
