@@ -27,6 +27,7 @@ from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
 from nova_amiboot import exception
+from nova_amiboot import grow
 from nova_amiboot import safety
 from nova_amiboot import utils
 
@@ -257,6 +258,8 @@ class ImageCache(object):
         with open(tmp, 'wb') as f:
             writer = _HashingWriter(f, algo or 'md5', meta, self.progress)
             self.source.download(meta.id, writer)
+            # The size even where the image ends in zeros (a hole).
+            f.truncate(writer.size)
         if meta.size is not None and writer.size != meta.size:
             raise exception.ImageSizeMismatch(image=meta.id,
                                               actual=writer.size,
@@ -357,6 +360,8 @@ class ImageCache(object):
                 os.unlink(p)
                 removed.append(p)
                 LOG.info("Removed unused cached image %s", p)
+        # Grown templates of removed bases go with them.
+        grow.sweep_templates(self.base_dir)
         return removed
 
     def _clean_part(self, part):
@@ -385,6 +390,11 @@ def _isreg(st):
     return (st.st_mode & 0o170000) == 0o100000
 
 
+# Zero runs of this size (a multiple of any filesystem block) are skipped.
+_HOLE = 64 * 1024
+_ZEROS = bytes(_HOLE)
+
+
 class _HashingWriter(object):
     """A file wrapper that hashes, counts and reports what passes through."""
 
@@ -397,8 +407,15 @@ class _HashingWriter(object):
         self.size = 0
 
     def write(self, chunk):
-        self.f.write(chunk)
         self.hasher.update(chunk)
+        chunk = bytes(chunk)
+        for i in range(0, len(chunk), _HOLE):
+            piece = chunk[i:i + _HOLE]
+            if piece == _ZEROS[:len(piece)]:
+                # A hole: the base stays sparse where the image is.
+                self.f.seek(len(piece), os.SEEK_CUR)
+            else:
+                self.f.write(piece)
         self.size += len(chunk)
         if self.progress:
             self.progress('fetching %s' % self.meta.id, self.size,

@@ -4,11 +4,21 @@ Nova's qcow2 backend makes a full-size overlay but leaves the filesystem at
 the AMI's size; only its Flat backend grows it, after copying the image.
 Here the overlay is grown in place: e2fsck -fp, then resize2fs, both from
 user space on the attached target (no kernel mount).
+
+The result depends only on the base and the disk size, so it is made once
+per (base, size) as a *grown template*: a small qcow2 overlay of the base
+whose filesystem is checked and grown, kept in ``_base/amiboot-grown``. An
+instance disk is a private copy of it: still a qcow2 overlay whose backing
+file is the raw base, with nothing left to grow.
 """
 
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
+import uuid
 
 from oslo_log import log as logging
 
@@ -24,6 +34,18 @@ EXT_TYPES = ('ext2', 'ext3', 'ext4')
 # derive from its content, which never changes once it is in the cache.
 _FACTS_XATTR = 'user.amiboot.fs'
 _CHECK_PREFIX = 'amiboot-check-'
+# A random identity of the base's inode: a template records the one it was
+# made from, so a base removed and fetched again (a new inode, maybe other
+# bytes) never meets a template of its predecessor.
+_ID_XATTR = 'user.amiboot.id'
+# linux/fs.h: share the source's extents (XFS, btrfs); ext4 refuses.
+_FICLONE = 0x40049409
+# Facts about a template (JSON), on the template's inode.
+_TEMPLATE_XATTR = 'user.amiboot.template'
+TEMPLATE_DIR = 'amiboot-grown'
+_TEMPLATE_RE = re.compile(r'^(?P<base>[^/]+)-(?P<size>[0-9]+)-'
+                          r'(?P<id>[0-9a-f]{32})\.qcow2'
+                          r'(?:\.part-(?P<pid>[0-9]+))?$')
 
 
 def fs_type(target):
@@ -107,3 +129,190 @@ def grow(target, instance='?', image='?', fstype=None, checked=False):
         raise exception.FilesystemCorrupt(instance=instance, image=image,
                                           reason="resize2fs: %s" % e)
     return True
+
+
+def known_facts(path):
+    """The facts base_facts() recorded on ``path``, or None (no attach)."""
+    try:
+        return json.loads(os.getxattr(path, _FACTS_XATTR))
+    except (OSError, ValueError):
+        return None
+
+
+# --- grown templates --------------------------------------------------------
+
+def base_id(path):
+    """The random identity recorded on the base's inode, or None.
+
+    Made once per inode; the first writer wins (XATTR_CREATE), so
+    concurrent spawns agree. None where the filesystem has no user xattrs:
+    no templates there.
+    """
+    try:
+        return os.getxattr(path, _ID_XATTR).decode('ascii')
+    except OSError:
+        pass
+    new = uuid.uuid4().hex
+    try:
+        os.setxattr(path, _ID_XATTR, new.encode('ascii'), os.XATTR_CREATE)
+        return new
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            LOG.debug("No identity for base %s: %s", path, e)
+            return None
+    return os.getxattr(path, _ID_XATTR).decode('ascii')
+
+
+def template_path(base, size, ident):
+    return os.path.join(os.path.dirname(base), TEMPLATE_DIR, '%s-%d-%s.qcow2'
+                        % (os.path.basename(base), size, ident))
+
+
+def grown_disk(base, dest, size, facts, conf, lock, instance='?',
+               image='?'):
+    """Make ``dest`` a qcow2 overlay of ``base`` already grown to ``size``.
+
+    Returns the template's facts ({'selinux': bool}) or None when no
+    template can be used here (no identity on the base): the caller then
+    makes and grows the disk itself. ``lock``: a context manager factory
+    for the base's cache lock, held while a template is built (the base
+    cannot be removed meanwhile) and while stale templates are removed.
+    """
+    needed = os.path.getsize(base)
+    if size < needed:
+        raise exception.FlavorDiskTooSmall(instance=instance, flavor=size,
+                                           needed=needed, image=image)
+    ident = base_id(base)
+    if not ident:
+        return None
+    tpl = template_path(base, size, ident)
+    for _attempt in range(3):
+        found = _copy_template(tpl, dest)
+        if found is not None:
+            return found
+        with lock():
+            if not os.path.exists(tpl):
+                _build_template(base, tpl, size, facts, conf, instance,
+                                image)
+                sweep_templates(os.path.dirname(base))
+    raise exception.AmibootException(
+        "Instance %s: the grown template %s keeps vanishing"
+        % (instance, tpl))
+
+
+def _copy_template(tpl, dest):
+    """Copy a template to ``dest``; its facts, or None if it is gone."""
+    try:
+        src = open(tpl, 'rb')
+    except FileNotFoundError:
+        return None
+    with src:
+        try:
+            facts = json.loads(os.getxattr(src.fileno(), _TEMPLATE_XATTR))
+        except (OSError, ValueError):
+            facts = {}
+        # Templates are never written after their rename into place; the
+        # copy is the instance's own (0644, like qemu-img create makes).
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with open(fd, 'wb') as dst:
+                try:
+                    # Where the filesystem can share extents the copy
+                    # costs no bytes at all; writes then unshare them.
+                    fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+                except OSError:
+                    shutil.copyfileobj(src, dst, 1024 ** 2)
+        except BaseException:
+            os.unlink(dest)
+            raise
+    return facts
+
+
+def _build_template(base, tpl, size, facts, conf, instance, image):
+    # Imported here: inject is only needed on this cold path.
+    from nova_amiboot import inject
+
+    os.makedirs(os.path.dirname(tpl), mode=0o755, exist_ok=True)
+    # Built as <instances>/amiboot-check-*/disk, the one shape of scratch
+    # disk the privileged nbd attach connects besides instance disks, then
+    # renamed into place (same filesystem). Owned: a build killed midway is
+    # reaped like a killed base check.
+    instances = os.path.dirname(os.path.dirname(os.path.abspath(base)))
+    utils.reap_stale_tempdirs(_CHECK_PREFIX, dir=instances)
+    scratch = utils.owned_tempdir(_CHECK_PREFIX, dir=instances)
+    tmp = os.path.join(scratch, 'disk')
+    try:
+        fmt = disk.create(base, tmp, size, instance=instance, image=image)
+        with attach.attached(tmp, fmt, conf) as target:
+            grow(target, instance=instance, image=image,
+                 fstype=facts['fstype'], checked=facts['clean'])
+            selinux = inject.GuestFS(target, instance=instance).is_dir(
+                '/etc/selinux')
+        os.setxattr(tmp, _TEMPLATE_XATTR,
+                    json.dumps({'selinux': selinux}).encode())
+        # Shared by every instance of this (base, size): read-only.
+        os.chmod(tmp, 0o444)
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
+        os.rename(tmp, tpl)
+        _fsync_dir(os.path.dirname(tpl))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    LOG.info("Made grown template %(tpl)s of %(base)s for %(size)d bytes",
+             {'tpl': tpl, 'base': base, 'size': size})
+
+
+def sweep_templates(base_dir):
+    """Remove templates whose base is gone or was replaced; return them.
+
+    Also removes what a build killed midway left (.part of a dead process).
+    Safe without a lock: a template is only ever read, through a copy that
+    either opened it already or builds it again.
+    """
+    tdir = os.path.join(base_dir, TEMPLATE_DIR)
+    try:
+        names = os.listdir(tdir)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in names:
+        m = _TEMPLATE_RE.match(name)
+        if not m:
+            continue
+        if m.group('pid'):
+            stale = not _pid_alive(int(m.group('pid')))
+        else:
+            try:
+                current = os.getxattr(os.path.join(base_dir, m.group('base')),
+                                      _ID_XATTR).decode('ascii')
+            except OSError:
+                current = None
+            stale = current != m.group('id')
+        if stale:
+            try:
+                os.unlink(os.path.join(tdir, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    if removed:
+        LOG.info("Removed grown templates of removed bases: %s",
+                 ', '.join(removed))
+    return removed
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,9 +1,11 @@
 """The spawn pipeline: from an AMI id to an instance ready to boot.
 
 1. fetch AMI, AKI and ARI into the cache (verified, inspected, once);
-2. make the instance disk (qcow2 overlay over the raw base, or a copy);
-3. attach it (nbd or FUSE), grow the filesystem, inject key, hostname,
-   password, user data; detach;
+2. make the instance disk (qcow2 overlay over the raw base, or a copy): a
+   copy of the base's grown template for this size where there is one
+   (grow.grown_disk), so the filesystem is grown already;
+3. attach it (nbd or FUSE), grow the filesystem (unless the template did),
+   inject key, hostname, password, user data; detach;
 4. link kernel and ramdisk into the instance dir and write the domain XML.
 
 Cheap checks (boot parameters, image metadata, flavor size) come before any
@@ -13,13 +15,16 @@ keeps only complete, checked bases.
 
 import dataclasses
 import errno
+import functools
 import os
 import shutil
 import time
 
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
 from nova_amiboot import attach
+from nova_amiboot import cache as cache_mod
 from nova_amiboot import disk as disk_mod
 from nova_amiboot import domain
 from nova_amiboot import exception
@@ -106,23 +111,29 @@ def fetch_triplet(cache, image_id, flavor=None, instance='?'):
     return ami, root, kernel, ramdisk
 
 
-def customise(target, req, conf, facts):
+def _wants(req, conf):
+    """What to inject for ``req``, as words for an error message."""
+    return [w for w, v in (('SSH key', req.key and conf.amiboot.inject_key),
+                           ('password', req.password
+                            and conf.amiboot.inject_password),
+                           ('hostname', req.hostname
+                            and conf.amiboot.inject_hostname),
+                           ('user data', req.user_data)) if v]
+
+
+def customise(target, req, conf, facts, grown=False, selinux=None):
     """Grow and inject on an attached disk; return True if grown.
 
     ``facts``: grow.base_facts() of the base the disk was made from.
+    ``grown``: the disk is a grown template's copy (nothing to grow).
+    ``selinux``: whether the image has /etc/selinux, when known already.
     """
     fstype = facts['fstype']
     is_ext = fstype in grow.EXT_TYPES
-    grown = False
-    if conf.amiboot.grow_filesystem:
+    if conf.amiboot.grow_filesystem and not grown:
         grown = grow.grow(target, instance=req.name, image=req.image_id,
                           fstype=fstype, checked=facts['clean'])
-    wants = [w for w, v in (('SSH key', req.key and conf.amiboot.inject_key),
-                            ('password', req.password
-                             and conf.amiboot.inject_password),
-                            ('hostname', req.hostname
-                             and conf.amiboot.inject_hostname),
-                            ('user data', req.user_data)) if v]
+    wants = _wants(req, conf)
     if not wants:
         return grown
     if not is_ext:
@@ -140,7 +151,8 @@ def customise(target, req, conf, facts):
     if req.user_data:
         inject.inject_user_data(fs, req.user_data, req.uuid,
                                 req.hostname or req.name)
-    inject.arrange_relabel(fs)
+    if selinux is not False:
+        inject.arrange_relabel(fs)
     return grown
 
 
@@ -199,6 +211,43 @@ def finished(idir):
         pass
 
 
+def _base_lock(cache, root):
+    """The base's own cache lock (nova's name for it)."""
+    return lockutils.lock(os.path.basename(root.path),
+                          lock_file_prefix=cache_mod.LOCK_PREFIX,
+                          external=True, lock_path=cache.lock_path)
+
+
+def make_disk(conf, cache, req, root, facts, path):
+    """Create the instance disk; return (format, template facts or None).
+
+    A grown template is used for ext2/3/4 overlays that are to be grown;
+    otherwise (or where the base cannot carry an identity) the disk is a
+    plain overlay or copy that customise() grows.
+    """
+    size = req.flavor.root_gb * GiB
+    if conf.amiboot.disk_mode == 'overlay' and \
+            conf.amiboot.grow_filesystem and \
+            facts['fstype'] in grow.EXT_TYPES:
+        # The base stays while a template of it is built.
+        lock = functools.partial(_base_lock, cache, root)
+        tfacts = grow.grown_disk(root.path, path, size, facts, conf, lock,
+                                 instance=req.name, image=req.image_id)
+        if tfacts is not None:
+            return 'qcow2', tfacts
+    fmt = disk_mod.create(root.path, path, size, mode=conf.amiboot.disk_mode,
+                          instance=req.name, image=req.image_id)
+    return fmt, None
+
+
+def _fdatasync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def prepare(conf, cache, req, virt_type=None, attach_method=None):
     """Prepare instance ``req`` under the cache's instances dir."""
     timings = {}
@@ -219,7 +268,11 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
              t0):
     _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id,
                                                 req.flavor, req.name)
-    facts = grow.base_facts(root.path, conf)
+    facts = grow.known_facts(root.path)
+    if facts is None:
+        # Once per base: concurrent first spawns wait for one check.
+        with _base_lock(cache, root):
+            facts = grow.base_facts(root.path, conf)
     timings['fetch'] = time.monotonic() - t0
 
     idir = os.path.join(cache.instances_path, req.uuid)
@@ -227,13 +280,19 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
     try:
         t = time.monotonic()
         disk = os.path.join(idir, 'disk')
-        fmt = disk_mod.create(root.path, disk, req.flavor.root_gb * GiB,
-                              mode=conf.amiboot.disk_mode,
-                              instance=req.name, image=req.image_id)
+        fmt, tfacts = make_disk(conf, cache, req, root, facts, disk)
         timings['disk'] = time.monotonic() - t
         t = time.monotonic()
-        with attach.attached(disk, fmt, conf, method=attach_method) as tg:
-            grown = customise(tg, req, conf, facts)
+        if tfacts is not None and not _wants(req, conf):
+            # Grown already, nothing to write: no attach at all.
+            grown = True
+            _fdatasync(disk)
+        else:
+            with attach.attached(disk, fmt, conf,
+                                 method=attach_method) as tg:
+                grown = customise(
+                    tg, req, conf, facts, grown=tfacts is not None,
+                    selinux=(tfacts or {}).get('selinux'))
         timings['customise'] = time.monotonic() - t
         kpath = os.path.join(idir, 'kernel')
         rpath = os.path.join(idir, 'ramdisk')

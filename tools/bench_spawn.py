@@ -1,19 +1,34 @@
-"""Benchmark: prepare instance disks with the pipeline vs. the copy way.
+"""Benchmark: instance disk preparation, ours against nova's own code.
 
-Side by side in one run, on the same warm cache and the same ~320 MiB AMI
-of real files (ext4), for a 20 GiB flavor with key injection:
+Side by side in one run, on the same warm cache and the same ~337 MiB AMI
+of real files (ext4, 4 KiB blocks), for a 20 GiB flavor:
 
-- prep: the spawn pipeline (qcow2 overlay, FUSE attach, e2fsck + resize2fs,
-  debugfs key injection, kernel/ramdisk links, domain XML);
-- copy: what a copying backend does (copy the base, extend it, e2fsck,
-  resize2fs, loop-mount, write the key, unmount).
+- ours: spawn.prepare up to the disk being ready (qcow2 overlay, grown
+  filesystem, key injected, kernel/ramdisk links, domain XML);
+- copy: the project's own copy approach (copy, extend, e2fsck, resize2fs,
+  loop-mount, write the key, unmount);
+- nova Flat: nova 34's imagebackend.Flat through Image.cache(): nova's
+  copy of the base and nova.virt.disk.api.extend (qemu-img resize, e2fsck,
+  resize2fs); no key (stock nova injects only through libguestfs);
+- nova Qcow2: imagebackend.Qcow2 with the default config: an overlay at
+  the flavor's size whose filesystem is NOT grown;
+- nova + libguestfs: nova.virt.disk.api.inject_data through VFSGuestFS
+  (once per run: its appliance boots under TCG here);
+- nova Qcow2 + resize_fs_using_block_device: only where /dev/nbd* exists.
 
-Prints per-step medians, then one JSON object as the last line.
+Then the size curve (ours vs nova Flat for AMIs of 64 MiB .. 4 GiB), 32
+concurrent preparations of an image not yet cached, the cold fetch of a
+1 GiB AMI against plain sequential I/O, and boot to guest.
+
+Prints every figure, then one JSON object as the last line. ``--plot
+FILE.png`` draws the size curve and the per-step bars (matplotlib, which
+is pip-installed into the venv on first use).
 """
 
 import argparse
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -22,59 +37,25 @@ import tempfile
 import time
 import uuid
 
-from nova_amiboot import cache as cache_mod
-from nova_amiboot.conf import amiboot as amiboot_conf
-from nova_amiboot import grow
-from nova_amiboot import images
-from nova_amiboot import spawn
-from oslo_config import cfg
-from tests.testbed import build
+# nova is imported into this process (its backends run here): keep its
+# eventlet monkey patching off, as nova's own functional tests do.
+os.environ.setdefault('OS_NOVA_DISABLE_EVENTLET_PATCHING', '1')
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BENCH_CACHE = '/var/cache/nova-amiboot/bench'
+from nova_amiboot import attach  # noqa: E402
+from nova_amiboot import cache as cache_mod  # noqa: E402
+from nova_amiboot.conf import amiboot as amiboot_conf  # noqa: E402
+from nova_amiboot import grow  # noqa: E402
+from nova_amiboot import inject  # noqa: E402
+from nova_amiboot import spawn  # noqa: E402
+from oslo_config import cfg  # noqa: E402
+from tests.testbed import build  # noqa: E402
+from tools import bench_boot  # noqa: E402
+from tools import bench_nova  # noqa: E402
+from tools import bench_scale  # noqa: E402
+
 KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBench bench@amiboot'
 MiB = 1024 ** 2
 GiB = 1024 ** 3
-
-
-def bench_ami(target_mb=300):
-    """An ext4 AMI holding ~300 MiB of real files from this host's /usr."""
-    path = os.path.join(BENCH_CACHE, 'ami-%dm.img' % target_mb)
-    if os.path.exists(path):
-        return path
-    os.makedirs(BENCH_CACHE, exist_ok=True)
-    tree = tempfile.mkdtemp(prefix='amiboot-bench-tree-')
-    try:
-        total = 0
-        for src in ('/usr/lib', '/usr/share', '/usr/bin'):
-            for dirpath, dirs, files in os.walk(src):
-                dirs.sort()
-                for name in sorted(files):
-                    p = os.path.join(dirpath, name)
-                    if not os.path.isfile(p) or os.path.islink(p):
-                        continue
-                    size = os.path.getsize(p)
-                    if total + size > target_mb * MiB:
-                        continue
-                    dst = os.path.join(tree, os.path.relpath(p, '/'))
-                    os.makedirs(os.path.dirname(dst), exist_ok=True)
-                    try:
-                        shutil.copyfile(p, dst)
-                    except OSError:
-                        continue
-                    total += size
-                if total >= target_mb * MiB * 0.99:
-                    break
-        os.makedirs(os.path.join(tree, 'root'), mode=0o700)
-        size_mb = int(target_mb * 1.07) + 16
-        part = path + '.part'
-        subprocess.run(['mkfs.ext4', '-q', '-F', '-T', 'default', '-b',
-                        '4096', '-d', tree, '-E', 'root_owner=0:0', part,
-                        '%dM' % size_mb], check=True)
-        os.replace(part, path)
-    finally:
-        shutil.rmtree(tree, ignore_errors=True)
-    return path
 
 
 def timed(timings, step, fn, *args):
@@ -99,7 +80,7 @@ def copy_way(base, workdir, flavor_gb, timings):
     timed(timings, 'e2fsck', run, ['e2fsck', '-fp', disk])
     timed(timings, 'resize2fs', run, ['resize2fs', disk])
 
-    def inject():
+    def inject_key():
         run(['mount', '-o', 'loop', disk, mnt])
         try:
             ssh = os.path.join(mnt, 'root/.ssh')
@@ -109,77 +90,426 @@ def copy_way(base, workdir, flavor_gb, timings):
             os.chmod(os.path.join(ssh, 'authorized_keys'), 0o600)
         finally:
             run(['umount', mnt])
-    timed(timings, 'mount+key+umount', inject)
+    timed(timings, 'mount+key+umount', inject_key)
     timings.setdefault('total', []).append(time.monotonic() - t0)
     used = os.stat(disk).st_blocks * 512
     os.unlink(disk)
     return used
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--runs', type=int, default=7)
-    p.add_argument('--flavor-gb', type=int, default=20)
-    args = p.parse_args(argv)
+def median(values):
+    return statistics.median(values) if values else None
 
-    tb = build.build()
-    ami_path = bench_ami()
-    work = tempfile.mkdtemp(prefix='amiboot-bench-', dir='/var/tmp')
-    os.chmod(work, 0o755)
-    conf = cfg.ConfigOpts()
-    amiboot_conf.register_opts(conf)
-    conf([], default_config_files=[])
-    try:
-        store = images.LocalImageStore(os.path.join(work, 'store'))
-        aki = store.add('bench-aki', tb['kernel'], 'aki')
-        ari = store.add('bench-ari', tb['ramdisk'], 'ari')
-        ami = store.add('bench-ami', ami_path, 'ami',
-                        {'kernel_id': aki.id, 'ramdisk_id': ari.id})
-        cache = cache_mod.ImageCache(os.path.join(work, 'instances'), store,
-                                     conf)
+
+def r4(value):
+    return None if value is None else round(value, 4)
+
+
+class Bench(object):
+
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix='amiboot-bench-', dir='/var/tmp')
+        os.chmod(self.work, 0o755)
+        self.conf = cfg.ConfigOpts()
+        amiboot_conf.register_opts(self.conf)
+        self.conf([], default_config_files=[])
+        self.store = bench_scale.CountingStore(
+            os.path.join(self.work, 'store'))
+        self.tb = build.build()
+        self.aki = self.store.add('bench-aki', self.tb['kernel'], 'aki')
+        self.ari = self.store.add('bench-ari', self.tb['ramdisk'], 'ari')
+        self.notes = []
+
+    def add_ami(self, name, path):
+        return self.store.add(name, path, 'ami',
+                              {'kernel_id': self.aki.id,
+                               'ramdisk_id': self.ari.id})
+
+    def new_cache(self, name):
+        return cache_mod.ImageCache(os.path.join(self.work, name),
+                                    self.store, self.conf)
+
+    def request(self, image_id, flavor_gb, key=KEY):
+        return spawn.InstanceRequest(
+            uuid=str(uuid.uuid4()), name='bench-%s' % uuid.uuid4().hex[:6],
+            image_id=image_id,
+            flavor=spawn.Flavor('bench', flavor_gb, 512, 1), key=key)
+
+    def ours(self, cache, image_id, flavor_gb):
+        p = spawn.prepare(self.conf, cache, self.request(image_id,
+                                                         flavor_gb),
+                          virt_type='qemu')
+        used = os.stat(p.disk).st_blocks * 512
+        shutil.rmtree(p.instance_dir)
+        return p.timings, used
+
+    def ours_before(self, cache, image_id, flavor_gb):
+        """ours without grown templates: what prepare did before them.
+
+        A base without an identity gets no template (as on a filesystem
+        without user xattrs): the disk is made and grown per instance.
+        """
+        real = grow.base_id
+        grow.base_id = lambda path: None
+        try:
+            return self.ours(cache, image_id, flavor_gb)
+        finally:
+            grow.base_id = real
+
+    def nova(self, kind, cache, image_id, flavor_gb, keep=False):
+        inst = os.path.join(cache.instances_path, 'nova-%s' % uuid.uuid4())
+        os.makedirs(inst)
+        secs, disk, used = bench_nova.backend_disk(
+            kind, cache.instances_path, cache_mod.base_name(image_id),
+            flavor_gb * GiB, inst)
+        if keep:
+            return secs, disk, used
+        shutil.rmtree(inst)
+        return secs, used
+
+    # --- 1-5: side by side on the 337 MiB AMI ------------------------------
+
+    def side_by_side(self):
+        a = self.args
+        ami_path = bench_scale.bench_ami(300)
+        self.ami_path = ami_path
+        ami = self.add_ami('bench-ami', ami_path)
+        cache = self.new_cache('instances')
         t = time.monotonic()
         base = spawn.fetch_triplet(cache, ami.id)[1].path
         # Once per base and host, like the download: the filesystem check
         # every instance disk of this base inherits.
-        grow.base_facts(base, conf)
+        grow.base_facts(base, self.conf)
         warm = time.monotonic() - t
+        bench_scale.warm(base)
+        # The first instance of (base, size) also makes the grown template.
+        first = self.ours(cache, ami.id, a.flavor_gb)[0]['total']
         prep, copy = {}, {}
-        overlay_bytes, copy_bytes = [], []
-        for i in range(args.runs):
-            req = spawn.InstanceRequest(
-                uuid=str(uuid.uuid4()), name='bench-%d' % i,
-                image_id=ami.id,
-                flavor=spawn.Flavor('bench', args.flavor_gb, 512, 1),
-                key=KEY)
-            prepared = spawn.prepare(conf, cache, req, virt_type='qemu')
-            for step, secs in prepared.timings.items():
+        flat, qcow2, before = [], [], []
+        ob, cb, fb, qb = [], [], [], []
+        for _i in range(a.runs):
+            timings, used = self.ours(cache, ami.id, a.flavor_gb)
+            for step, secs in timings.items():
                 prep.setdefault(step, []).append(secs)
-            overlay_bytes.append(os.stat(prepared.disk).st_blocks * 512)
-            shutil.rmtree(prepared.instance_dir)
-            copy_bytes.append(copy_way(base, work, args.flavor_gb, copy))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            ob.append(used)
+            timings, _used = self.ours_before(cache, ami.id, a.flavor_gb)
+            before.append(timings['total'])
+            cb.append(copy_way(base, self.work, a.flavor_gb, copy))
+            secs, used = self.nova('flat', cache, ami.id, a.flavor_gb)
+            flat.append(secs)
+            fb.append(used)
+            secs, used = self.nova('qcow2', cache, ami.id, a.flavor_gb)
+            qcow2.append(secs)
+            qb.append(used)
+        # What each leaves in the filesystem: nova Flat grows it, nova's
+        # Qcow2 does not.
+        _s, fdisk, _u = self.nova('flat', cache, ami.id, a.flavor_gb,
+                                  keep=True)
+        flat_fs = bench_nova.fs_size(fdisk, 'raw')
+        shutil.rmtree(os.path.dirname(fdisk))
+        _s, qdisk, _u = self.nova('qcow2', cache, ami.id, a.flavor_gb,
+                                  keep=True)
+        with attach.attached(qdisk, 'qcow2', self.conf) as tg:
+            out = tg.run('dumpe2fs', ['-h'])[0]
+        f = dict(line.split(':', 1) for line in out.splitlines()
+                 if ':' in line)
+        qcow2_fs = int(f['Block count']) * int(f['Block size'])
+        guestfs, guestfs_why = (None, "not measured (--no-guestfs)")
+        if not a.no_guestfs:
+            # nova's key injection looks root up in /etc/passwd (augeas);
+            # the bench AMI is a pile of files without one: add it first.
+            with attach.attached(qdisk, 'qcow2', self.conf) as tg:
+                fs = inject.GuestFS(tg)
+                fs.write('/etc/passwd', b'root:x:0:0:root:/root:/bin/sh\n')
+                fs.write('/etc/group', b'root:x:0:\n')
+            guestfs, guestfs_why = bench_nova.guestfs_inject(qdisk, KEY)
+            if guestfs:
+                with attach.attached(qdisk, 'qcow2', self.conf) as tg:
+                    keys = inject.GuestFS(tg).read(
+                        '/root/.ssh/authorized_keys') or b''
+                guestfs['key_found'] = KEY.encode() in keys
+        shutil.rmtree(os.path.dirname(qdisk))
+        _nbd, nbd_why = bench_nova.nbd_variant()
+        self.r.update({
+            'warm': warm, 'first_prep': first, 'prep': prep, 'copy': copy,
+            'before': before,
+            'flat': flat, 'qcow2': qcow2, 'ob': ob, 'cb': cb, 'fb': fb,
+            'qb': qb, 'flat_fs': flat_fs, 'qcow2_fs': qcow2_fs,
+            'guestfs': guestfs, 'guestfs_why': guestfs_why,
+            'nbd_why': nbd_why})
 
+    # --- 6: size curve -----------------------------------------------------
+
+    def size_curve(self):
+        a = self.args
+        curve = []
+        for mb in a.sizes:
+            path = bench_scale.ami_of_size(mb)
+            ami = self.add_ami('bench-ami-%dm' % mb, path)
+            cache = self.new_cache('curve-%d' % mb)
+            row = {'ami_mb': mb, 'ami_bytes': os.path.getsize(path)}
+            if mb == a.cold_mb:
+                row.update(self.cold_fetch(cache, ami, path))
+            else:
+                spawn.fetch_triplet(cache, ami.id)
+            base = cache.path_for(ami.id)
+            grow.base_facts(base, self.conf)
+            bench_scale.warm(base)
+            row['ours_first_s'] = self.ours(cache, ami.id,
+                                            a.flavor_gb)[0]['total']
+            ours, flat, ob, fb = [], [], [], []
+            for _i in range(a.size_runs):
+                timings, used = self.ours(cache, ami.id, a.flavor_gb)
+                ours.append(timings['total'])
+                ob.append(used)
+                secs, used = self.nova('flat', cache, ami.id, a.flavor_gb)
+                flat.append(secs)
+                fb.append(used)
+            row.update({'ours_s': r4(median(ours)),
+                        'nova_flat_s': r4(median(flat)),
+                        'ours_bytes': int(median(ob)),
+                        'nova_flat_bytes': int(median(fb))})
+            curve.append(row)
+            print("  size %5d MiB: ours %.3f s (%d KiB), nova Flat %.3f s "
+                  "(%d MiB)" % (mb, row['ours_s'], row['ours_bytes'] // 1024,
+                                row['nova_flat_s'],
+                                row['nova_flat_bytes'] // MiB),
+                  file=sys.stderr)
+            shutil.rmtree(cache.instances_path)
+            self.store.delete(ami.id)
+        self.r['curve'] = curve
+
+    # --- 8: cold fetch -----------------------------------------------------
+
+    def cold_fetch(self, cache, ami, path):
+        src = os.path.join(self.store.path, ami.id)
+        bench_scale.warm(src)
+        t = time.monotonic()
+        root = cache.fetch(ami.id, 'ami')
+        fetch_s = time.monotonic() - t
+        plain_s = bench_scale.plain_write(src, cache.base_dir)
+        spawn.fetch_triplet(cache, ami.id)
+        st_src, st_base = os.stat(src), os.stat(root.path)
+        self.r['cold'] = {
+            'bytes': st_src.st_size, 'fetch_s': fetch_s, 'plain_s': plain_s,
+            'fraction': plain_s / fetch_s,
+            'src_allocated': st_src.st_blocks * 512,
+            'base_allocated': st_base.st_blocks * 512}
+        return {}
+
+    # --- 7: concurrency ----------------------------------------------------
+
+    def concurrency(self):
+        a = self.args
+        ami = self.add_ami('bench-ami-conc', self.ami_path)
+        cache = self.new_cache('conc')
+        before = self.store.downloads(ami.id)
+        cold, cold_err = bench_scale.concurrent(
+            a.concurrency, cache.instances_path, self.store, ami.id,
+            self.conf, a.flavor_gb, KEY)
+        downloads = self.store.downloads(ami.id) - before
+        warm, warm_err = bench_scale.concurrent(
+            a.concurrency, cache.instances_path, self.store, ami.id,
+            self.conf, a.flavor_gb, KEY)
+        self.r['conc'] = {'n': a.concurrency, 'cold_s': cold,
+                          'warm_s': warm, 'downloads': downloads,
+                          'errors': cold_err + warm_err}
+        shutil.rmtree(cache.instances_path)
+
+    # --- 9: boot -----------------------------------------------------------
+
+    def boot(self):
+        if self.args.no_boot:
+            self.r['boot'], self.r['boot_why'] = None, "not measured"
+            return
+        self.r['boot'], self.r['boot_why'] = bench_boot.boot_to_guest(
+            self.tb)
+
+    def run_all(self):
+        self.r = {}
+        try:
+            self.side_by_side()
+            self.concurrency()
+            self.size_curve()
+            self.boot()
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+        return self.r
+
+
+def load():
+    with open('/proc/loadavg') as f:
+        return ' '.join(f.read().split()[:3])
+
+
+def machine():
+    cpus = os.cpu_count()
+    with open('/proc/meminfo') as f:
+        mem = int(f.readline().split()[1]) // (1024 ** 2)
+    model = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    model = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return '%s, %d cores, %d GiB, %s' % (model, cpus, mem + 1,
+                                         platform.release())
+
+
+def report(r, args, load_before):
+    prep, copy = r['prep'], r['copy']
+    ami_mib = os.path.getsize(bench_scale.bench_ami(300)) // MiB
+    print("machine: %s; load before %s, after %s"
+          % (machine(), load_before, load()))
     print("cache warm-up (fetch, verify, inspect %d MiB AMI + AKI + ARI, "
-          "check the AMI's filesystem): "
-          "%.2f s" % (os.path.getsize(ami_path) // MiB, warm))
-    print("%d runs, %d GiB flavor, medians:" % (args.runs, args.flavor_gb))
-    for label, steps in (('prep (overlay)', prep), ('copy', copy)):
+          "check the AMI's filesystem): %.2f s" % (ami_mib, r['warm']))
+    print("first instance of (base, %d GiB), grown template made: %.3f s"
+          % (args.flavor_gb, r['first_prep']))
+    print("%d runs, %d GiB flavor, %d MiB AMI, medians:"
+          % (args.runs, args.flavor_gb, ami_mib))
+    for label, steps in (('ours (overlay, grown, key)', prep),
+                         ('copy (project baseline)', copy)):
         print("  %s" % label)
         for step, values in steps.items():
-            print("    %-18s %8.3f s" % (step, statistics.median(values)))
-    prep_s = statistics.median(prep['total'])
-    copy_s = statistics.median(copy['total'])
+            print("    %-18s %8.3f s" % (step, median(values)))
+    prep_s, copy_s = median(prep['total']), median(copy['total'])
+    before_s = median(r['before'])
+    print("  ours without grown templates (disk made and grown per "
+          "instance, as before them)  %.3f s, %.1fx ours"
+          % (before_s, before_s / prep_s))
+    flat_s, qcow2_s = median(r['flat']), median(r['qcow2'])
+    print("  nova Flat (copy + extend: qemu-img resize, e2fsck, resize2fs; "
+          "no key)  %.3f s, filesystem %s" % (
+              flat_s, 'grown to %d GiB' % (r['flat_fs'] // GiB)
+              if r['flat_fs'] else 'unknown'))
+    print("  nova Qcow2 (default config; no key)  %.3f s, filesystem NOT "
+          "grown: %d MiB on a %d GiB disk" % (qcow2_s, r['qcow2_fs'] // MiB,
+                                              args.flavor_gb))
+    g = r['guestfs']
+    if g:
+        print("  nova + libguestfs key injection (inject_data, VFSGuestFS, "
+              "appliance under TCG, measured once): %.2f s (%s, key %s)"
+              % (g['inject_s'], g['vfs'],
+                 'found' if g.get('key_found') else 'NOT found'))
+    else:
+        print("  nova + libguestfs: %s" % r['guestfs_why'])
+    print("  nova Qcow2 + resize_fs_using_block_device: %s" % r['nbd_why'])
+    print("  bytes written per instance: ours %d KiB, copy %d MiB, nova "
+          "Flat %d MiB, nova Qcow2 %d KiB" % (
+              median(r['ob']) // 1024, median(r['cb']) // MiB,
+              median(r['fb']) // MiB, median(r['qb']) // 1024))
+    print("  ratios: nova Flat / ours %.1fx, copy / ours %.1fx, "
+          "nova Qcow2 / ours %.2fx"
+          % (flat_s / prep_s, copy_s / prep_s, qcow2_s / prep_s))
+    c = r['conc']
+    print("concurrency: %d processes, image not in _base: %.2f s wall, "
+          "%d download(s); again with the base cached: %.2f s wall, "
+          "%.1f preps/s%s" % (c['n'], c['cold_s'], c['downloads'],
+                              c['warm_s'], c['n'] / c['warm_s'],
+                              '; errors: %s' % c['errors'][:3]
+                              if c['errors'] else ''))
+    cold = r.get('cold')
+    if cold:
+        print("cold fetch of %d MiB into _base: %.2f s; plain sequential "
+              "write of the same bytes: %.2f s; fraction %.2f; allocated: "
+              "image %d MiB, base %d MiB" % (
+                  cold['bytes'] // MiB, cold['fetch_s'], cold['plain_s'],
+                  cold['fraction'], cold['src_allocated'] // MiB,
+                  cold['base_allocated'] // MiB))
+    curve = r['curve']
+    print("size curve (%d runs each, %d GiB flavor):"
+          % (args.size_runs, args.flavor_gb))
+    for row in curve:
+        print("  AMI %5d MiB: ours %.3f s (%d KiB written), nova Flat "
+              "%.3f s (%d MiB written), %.1fx"
+              % (row['ami_bytes'] // MiB, row['ours_s'],
+                 row['ours_bytes'] // 1024, row['nova_flat_s'],
+                 row['nova_flat_bytes'] // MiB,
+                 row['nova_flat_s'] / row['ours_s']))
+    growth = curve[-1]['ours_s'] / curve[0]['ours_s'] if curve else None
+    if growth:
+        print("  ours grows %.2fx from the smallest to the largest AMI"
+              % growth)
+    b = r['boot']
+    if b:
+        print("boot to guest (amiboot boot --wait, test bed AMI): first "
+              "report line after %.2f s: %s" % (b['total'], ', '.join(
+                  '%s %.2f s' % (k, v) for k, v in b.items()
+                  if k != 'total')))
+    else:
+        print("boot to guest: %s" % r['boot_why'])
+    cold_fraction = cold['fraction'] if cold else None
     result = {
-        'prep_median_s': round(prep_s, 4),
-        'copy_median_s': round(copy_s, 4),
+        'prep_median_s': r4(prep_s),
+        'copy_median_s': r4(copy_s),
         'ratio': round(copy_s / prep_s, 1),
-        'overlay_bytes': int(statistics.median(overlay_bytes)),
-        'copy_bytes': int(statistics.median(copy_bytes)),
-        'ami_bytes': os.path.getsize(ami_path),
+        'overlay_bytes': int(median(r['ob'])),
+        'copy_bytes': int(median(r['cb'])),
+        'ami_bytes': os.path.getsize(bench_scale.bench_ami(300)),
         'flavor_gb': args.flavor_gb,
         'runs': args.runs,
+        'prep_steps_s': {k: r4(median(v)) for k, v in prep.items()},
+        'first_prep_s': r4(r['first_prep']),
+        'prep_without_template_median_s': r4(before_s),
+        'nova_flat_median_s': r4(flat_s),
+        'nova_flat_ratio': round(flat_s / prep_s, 1),
+        'nova_flat_bytes': int(median(r['fb'])),
+        'nova_qcow2_median_s': r4(qcow2_s),
+        'nova_qcow2_fs_grown': False if r['qcow2_fs'] < args.flavor_gb * GiB
+        else True,
+        'guestfs_inject_s': g['inject_s'] if g else None,
+        'guestfs_reason': None if g else r['guestfs_why'],
+        'nova_qcow2_nbd_s': None,
+        'nova_qcow2_nbd_reason': r['nbd_why'],
+        'size_curve': [{'ami_bytes': row['ami_bytes'],
+                        'ours_s': row['ours_s'],
+                        'nova_flat_s': row['nova_flat_s'],
+                        'ours_bytes': row['ours_bytes'],
+                        'nova_flat_bytes': row['nova_flat_bytes']}
+                       for row in curve],
+        'size_curve_growth': round(growth, 2) if growth else None,
+        'concurrent_n': c['n'],
+        'concurrent_cold_wall_s': round(c['cold_s'], 3),
+        'concurrent_wall_s': round(c['warm_s'], 3),
+        'concurrent_preps_per_s': round(c['n'] / c['warm_s'], 1),
+        'concurrent_downloads': c['downloads'],
+        'cold_fetch_fraction': round(cold_fraction, 2)
+        if cold_fraction else None,
+        'cold_fetch_s': round(cold['fetch_s'], 3) if cold else None,
+        'boot_to_report_s': b['total'] if b else None,
+        'boot_parts_s': {k: v for k, v in b.items() if k != 'total'}
+        if b else None,
+        'load': [load_before, load()],
     }
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--runs', type=int, default=7)
+    p.add_argument('--flavor-gb', type=int, default=20)
+    p.add_argument('--size-runs', type=int, default=3)
+    p.add_argument('--sizes', default='64,256,1024,4096',
+                   help="AMI sizes in MiB for the size curve")
+    p.add_argument('--cold-mb', type=int, default=1024,
+                   help="the size-curve AMI whose fetch is timed")
+    p.add_argument('--concurrency', type=int, default=32)
+    p.add_argument('--no-guestfs', action='store_true')
+    p.add_argument('--no-boot', action='store_true')
+    p.add_argument('--plot', metavar='FILE.png')
+    args = p.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(',') if s]
+    load_before = load()
+    r = Bench(args).run_all()
+    result = report(r, args, load_before)
+    if args.plot:
+        from tools import bench_plot
+        bench_plot.plot(result, r, args.plot, machine())
+        print("plot written to %s" % args.plot)
     print(json.dumps(result))
     return 0
 

@@ -1,0 +1,150 @@
+"""Grown templates: made once per (base, size), copied per instance."""
+
+import json
+import os
+import stat
+import uuid
+
+from nova_amiboot import attach
+from nova_amiboot import grow
+from nova_amiboot import inject
+from nova_amiboot import spawn
+from tests.functional import base
+
+KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITemplate test@amiboot'
+GiB = 1024 ** 3
+
+
+class TestGrownTemplate(base.RealToolsTestCase):
+
+    def request(self, image_id, root_gb=2, **kw):
+        kw.setdefault('key', KEY)
+        return spawn.InstanceRequest(
+            uuid=str(uuid.uuid4()), name='vm-%s' % uuid.uuid4().hex[:6],
+            image_id=image_id, flavor=spawn.Flavor('t', root_gb, 256, 1),
+            **kw)
+
+    def prepare(self, req):
+        return spawn.prepare(self.conf, self.make_cache(), req,
+                             virt_type='qemu')
+
+    def templates(self):
+        d = os.path.join(self.instances, '_base', grow.TEMPLATE_DIR)
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def qemu_info(self, path):
+        return json.loads(self.run_cmd('qemu-img', 'info', '-U',
+                                       '--output=json', path))
+
+    def fs_bytes(self, prepared):
+        with attach.attached(prepared.disk, prepared.disk_format,
+                             self.conf) as tg:
+            out = tg.run('dumpe2fs', ['-h'])[0]
+            keys = inject.GuestFS(tg).read('/root/.ssh/authorized_keys')
+        f = dict(line.split(':', 1) for line in out.splitlines()
+                 if ':' in line)
+        return int(f['Block count']) * int(f['Block size']), keys
+
+    def test_one_template_per_base_and_size(self):
+        ami, _a, _r = self.add_triplet()
+        base_path = self.make_cache().path_for(ami.id)
+        p1 = self.prepare(self.request(ami.id, root_gb=2))
+        self.assertEqual(1, len(self.templates()))
+        tpl = os.path.join(self.instances, '_base', grow.TEMPLATE_DIR,
+                           self.templates()[0])
+        # Shared, so never writable; it names base, size and base identity.
+        self.assertEqual(0o444, stat.S_IMODE(os.stat(tpl).st_mode))
+        self.assertIn('%s-%d-%s' % (os.path.basename(base_path), 2 * GiB,
+                                    grow.base_id(base_path)), tpl)
+        mtime = os.stat(tpl).st_mtime_ns
+        p2 = self.prepare(self.request(ami.id, root_gb=2,
+                                       key=KEY.replace('Template', 'Other')))
+        self.assertEqual(mtime, os.stat(tpl).st_mtime_ns)
+        self.assertEqual(1, len(self.templates()))
+        self.prepare(self.request(ami.id, root_gb=3))
+        self.assertEqual(2, len(self.templates()))
+        for p in (p1, p2):
+            # Each instance disk is its own qcow2 overlay of the raw base.
+            info = self.qemu_info(p.disk)
+            self.assertEqual('qcow2', info['format'])
+            self.assertEqual(base_path, info['full-backing-filename'])
+            self.assertEqual('raw', info['backing-filename-format'])
+            self.assertNotEqual(os.stat(tpl).st_ino, os.stat(p.disk).st_ino)
+            self.assertEqual(0o644, stat.S_IMODE(os.stat(p.disk).st_mode))
+            self.assertTrue(p.grown)
+        size1, keys1 = self.fs_bytes(p1)
+        size2, keys2 = self.fs_bytes(p2)
+        self.assertEqual(2 * GiB, size1)
+        self.assertEqual(2 * GiB, size2)
+        # One instance's key never reaches another through the template.
+        self.assertIn(KEY.encode(), keys1)
+        self.assertNotIn(KEY.encode(), keys2)
+        self.assertIn(b'Other', keys2)
+        self.assertNotIn(b'Other', keys1)
+        # The template itself holds no key.
+        with attach.attached(tpl, 'qcow2', self.conf) as tg:
+            self.assertIsNone(inject.GuestFS(tg).read(
+                '/root/.ssh/authorized_keys'))
+
+    def test_replaced_base_never_meets_old_template(self):
+        ami, _a, _r = self.add_triplet()
+        cache = self.make_cache()
+        self.prepare(self.request(ami.id, key=None))
+        old = self.templates()
+        self.assertEqual(1, len(old))
+        # The base goes (cache clean-up) and comes back as a new inode.
+        base_path = cache.path_for(ami.id)
+        old_id = grow.base_id(base_path)
+        os.unlink(base_path)
+        p = self.prepare(self.request(ami.id))
+        new_id = grow.base_id(base_path)
+        self.assertNotEqual(old_id, new_id)
+        # The old template was swept when the new one was made.
+        self.assertEqual(1, len(self.templates()))
+        self.assertNotEqual(old, self.templates())
+        self.assertIn(new_id, self.templates()[0])
+        self.assertEqual(2 * GiB, self.fs_bytes(p)[0])
+
+    def test_sweep_removes_orphans_and_dead_builds(self):
+        ami, _a, _r = self.add_triplet()
+        cache = self.make_cache()
+        self.prepare(self.request(ami.id, key=None))
+        tdir = os.path.join(self.instances, '_base', grow.TEMPLATE_DIR)
+        name = self.templates()[0]
+        # What a build killed midway leaves (a dead pid) is removed; a live
+        # build's part file is not.
+        dead = os.path.join(tdir, name + '.part-999999999')
+        live = os.path.join(tdir, name + '.part-%d' % os.getpid())
+        for p in (dead, live):
+            open(p, 'w').close()
+        self.assertEqual([name + '.part-999999999'],
+                         grow.sweep_templates(cache.base_dir))
+        os.unlink(live)
+        # A template whose base is gone goes with it.
+        os.unlink(cache.path_for(ami.id))
+        self.assertEqual([name], grow.sweep_templates(cache.base_dir))
+        self.assertEqual([], self.templates())
+
+    def test_cache_clean_takes_templates_with_bases(self):
+        ami, _a, _r = self.add_triplet()
+        p = self.prepare(self.request(ami.id, key=None))
+        cache = self.make_cache()
+        # In use: the base and its template stay.
+        self.assertEqual([], cache.clean(min_age=0))
+        self.assertEqual(1, len(self.templates()))
+        os.unlink(p.disk)
+        removed = cache.clean(min_age=0)
+        self.assertIn(cache.path_for(ami.id), removed)
+        self.assertEqual([], self.templates())
+
+    def test_no_xattrs_no_template(self):
+        ami, _a, _r = self.add_triplet()
+        cache = self.make_cache()
+        cache.fetch(ami.id)
+        base_path = cache.path_for(ami.id)
+        os.setxattr(base_path, 'user.amiboot.id', b'')
+        # An identity that cannot be a template's: the disk is made and
+        # grown as without templates.
+        self.assertIsNone(grow.grown_disk(
+            base_path, self.scratch('d'), 2 * GiB,
+            grow.base_facts(base_path, self.conf), self.conf, None))
