@@ -19,6 +19,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 
@@ -36,6 +37,10 @@ LOG = logging.getLogger(__name__)
 # nova's lock_file_prefix: sharing the lock file with nova-compute's own
 # Image.cache() and image cache manager.
 LOCK_PREFIX = 'nova-'
+# On an instance's private copy of a kernel or ramdisk: the base it came
+# from (its file name in the cache).
+USED_BASE_XATTR = 'user.amiboot.base'
+_BASE_NAME = re.compile(r'[0-9a-f]{40}')
 # A spawn holds a shared lock on ``locks/amiboot-use-<base name>`` from the
 # moment it is handed a base until its instance disk and links make the
 # base visibly used; clean() removes a base only when it can take that lock
@@ -276,8 +281,9 @@ class ImageCache(object):
     def users(self):
         """{base path: [instance dirs]} for bases that instances use.
 
-        An instance uses a base as the backing file of its ``disk`` and,
-        through hard links (same inode), as its ``kernel`` and ``ramdisk``.
+        An instance uses a base as the backing file of its ``disk`` and as
+        the source of its ``kernel`` and ``ramdisk``: a hard link (same
+        inode), or a private copy that names its base (USED_BASE_XATTR).
         Instances come and go while this looks: a file that vanishes
         between listing and stat is simply not a user.
         """
@@ -299,6 +305,10 @@ class ImageCache(object):
                     continue
                 if st.st_ino in inodes:
                     used.setdefault(inodes[st.st_ino], []).append(idir)
+                elif f != 'disk':
+                    base = _copied_from(p, self.base_dir)
+                    if base:
+                        used.setdefault(base, []).append(idir)
                 elif f == 'disk':
                     backing = backing_file(p)
                     if backing:
@@ -420,6 +430,20 @@ class _HashingWriter(object):
         if self.progress:
             self.progress('fetching %s' % self.meta.id, self.size,
                           self.meta.size)
+
+
+def _copied_from(path, base_dir):
+    """The base that ``path`` (a kernel or ramdisk copy) was made from."""
+    try:
+        name = os.getxattr(path, USED_BASE_XATTR).decode('ascii')
+    except (OSError, UnicodeError):
+        return None
+    # Only a plain base name in this cache counts (the name is read back
+    # from a file the guest's QEMU owns while it runs).
+    if not _BASE_NAME.fullmatch(name):
+        return None
+    base = os.path.join(base_dir, name)
+    return base if os.path.isfile(base) else None
 
 
 def backing_file(disk):

@@ -84,6 +84,14 @@ def _private_copy(src, dst):
     # guest's QEMU to write. The copy is the instance's own.
     shutil.copyfile(src, dst)
     os.chmod(dst, 0o644)
+    # The copy names its base, so that the cache still counts the base as
+    # used by this instance (as nova's image cache manager does for an
+    # instance's kernel_id and ramdisk_id).
+    try:
+        os.setxattr(dst, cache_mod.USED_BASE_XATTR,
+                    os.path.basename(src).encode())
+    except OSError as e:
+        LOG.debug("Cannot mark %s as a copy of %s: %s", dst, src, e)
 
 
 def fetch_triplet(cache, image_id, flavor=None, instance='?'):
