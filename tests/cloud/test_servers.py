@@ -1,0 +1,253 @@
+"""AMI servers through a real OpenStack: ``openstack server create`` and
+every server operation that one host can run, checked from inside the
+guest (its report on the serial console).
+
+The tests of this module run in order on one server (the lifecycle of a
+server is the point); each says what it expects of a correct cloud.
+"""
+
+import hashlib
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.cloud import conftest
+
+IMAGE = 'amiboot-up'          # stays up, powers off on the ACPI button
+IMAGE_ALT = 'amiboot-up-alt'  # same, os_command_line has amiboot.variant=alt
+PARAM = 'amiboot.tier=on'
+GIB_KB = 1024 * 1024
+
+
+def _root_kb(rep):
+    """Total size of the guest's root filesystem in KiB (df)."""
+    return int(rep['root_df_kb'].split()[0])
+
+
+def _assert_root_size(rep, gib):
+    # ext4 keeps ~2-5 % for its own metadata; the AMI itself is 32 MiB.
+    total = _root_kb(rep)
+    assert 0.9 * gib * GIB_KB < total <= gib * GIB_KB, (
+        'root filesystem %d KiB, flavor %d GiB' % (total, gib))
+
+
+def _assert_key(rep, pubkey):
+    assert pubkey in rep['authorized_keys']
+    assert rep['authorized_keys_stat'].split()[:3] == ['600', '0', '0']
+    assert rep['ssh_dir'].split()[:3] == ['700', '0', '0']
+
+
+@pytest.fixture(scope='module')
+def server(cloud, keypair):
+    """The module's server: [id, public key, last boot id]."""
+    name = 'tier-%d' % os.getpid()
+    info = cloud.json('server', 'create', '--image', IMAGE,
+                      '--flavor', 'm1.tiny', '--key-name', keypair[0],
+                      '--nic', 'none', '--property',
+                      'amiboot_boot_params=%s' % PARAM, name)
+    state = {'id': info['id'], 'key': keypair[1], 'boot': None}
+    yield state
+    cloud.run('server', 'delete', '--wait', info['id'], check=False)
+
+
+def _new_boot(cloud, server, **kw):
+    boot, rep, text = cloud.wait_report(server['id'],
+                                        after_boot=server['boot'], **kw)
+    server['boot'] = boot
+    return rep, text
+
+
+def test_create_reports_key_size_and_param(cloud, server):
+    info = cloud.wait_status(server['id'], ['ACTIVE'])
+    assert info['OS-EXT-STS:vm_state'] == 'active'
+    rep, text = _new_boot(cloud, server)
+    _assert_key(rep, server['key'])
+    _assert_root_size(rep, 1)
+    assert PARAM in rep['cmdline'].split()
+    # The guest armed its power button (so clean shut-downs are quick).
+    assert 'AMIBOOT-POWER-BUTTON armed 0' not in text
+
+
+def test_denied_boot_param_is_an_error_with_reason(cloud):
+    name = 'tier-denied-%d' % os.getpid()
+    cloud.run('server', 'create', '--image', IMAGE, '--flavor', 'm1.tiny',
+              '--nic', 'none', '--property',
+              'amiboot_boot_params=init=/bin/sh', name)
+    try:
+        info = cloud.wait_status(name, ['ERROR'])
+        message = info['fault']['message']
+        assert 'init' in message, info['fault']
+    finally:
+        cloud.run('server', 'delete', '--wait', name, check=False)
+
+
+def test_unsafe_image_is_an_error_with_reason(cloud, tmp_path):
+    # A qcow2 file that names a host file as its backing file, uploaded as
+    # an AMI: the driver must refuse it before any use.
+    bad = tmp_path / 'bad.img'
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw',
+                    '-b', '/etc/hostname', str(bad), '64M'], check=True)
+    props = cloud.json('image', 'show', IMAGE,
+                       cloud='amicloud-admin')['properties']
+    image = 'tier-unsafe-%d' % os.getpid()
+    name = 'tier-unsafe-%d' % os.getpid()
+    cloud.run('image', 'create', '--disk-format', 'ami',
+              '--container-format', 'ami', '--file', str(bad),
+              '--property', 'kernel_id=%s' % props['kernel_id'],
+              '--property', 'ramdisk_id=%s' % props['ramdisk_id'], image)
+    try:
+        cloud.run('server', 'create', '--image', image, '--flavor',
+                  'm1.tiny', '--nic', 'none', name)
+        info = cloud.wait_status(name, ['ERROR'])
+        message = info['fault']['message']
+        assert image in message or 'backing' in message.lower() \
+            or 'unsafe' in message.lower(), info['fault']
+    finally:
+        cloud.run('server', 'delete', '--wait', name, check=False)
+        cloud.run('image', 'delete', image, check=False)
+
+
+def test_hard_reboot(cloud, server):
+    cloud.run('server', 'reboot', '--hard', server['id'])
+    cloud.wait_status(server['id'], ['ACTIVE'])
+    rep, _ = _new_boot(cloud, server)
+    _assert_key(rep, server['key'])
+    assert PARAM in rep['cmdline'].split()
+
+
+def test_soft_reboot_uses_the_power_button(cloud, server):
+    cloud.run('server', 'reboot', '--soft', server['id'])
+    cloud.wait_status(server['id'], ['ACTIVE'])
+    rep, text = _new_boot(cloud, server)
+    assert PARAM in rep['cmdline'].split()
+    assert 'AMIBOOT-POWER-BUTTON pressed' in text
+
+
+def test_stop_start(cloud, server):
+    cloud.run('server', 'stop', server['id'])
+    cloud.wait_status(server['id'], ['SHUTOFF'])
+    cloud.run('server', 'start', server['id'])
+    cloud.wait_status(server['id'], ['ACTIVE'])
+    rep, _ = _new_boot(cloud, server)
+    _assert_key(rep, server['key'])
+    assert PARAM in rep['cmdline'].split()
+
+
+def test_rebuild_to_a_second_ami(cloud, server):
+    cloud.run('server', 'rebuild', '--image', IMAGE_ALT, server['id'])
+    info = cloud.wait_status(server['id'], ['ACTIVE'])
+    rep, _ = _new_boot(cloud, server)
+    assert 'amiboot.variant=alt' in rep['cmdline'].split()
+    assert PARAM in rep['cmdline'].split()
+    _assert_key(rep, server['key'])
+    _assert_root_size(rep, 1)
+    assert info['image'], info
+
+
+def test_resize_up_and_confirm_grows_the_filesystem(cloud, server):
+    cloud.run('server', 'resize', '--flavor', 'amiboot.2g', server['id'])
+    cloud.wait_status(server['id'], ['VERIFY_RESIZE'])
+    cloud.run('server', 'resize', 'confirm', server['id'])
+    info = cloud.wait_status(server['id'], ['ACTIVE'])
+    assert info['flavor'].startswith('amiboot.2g'), info['flavor']
+    rep, _ = _new_boot(cloud, server)
+    _assert_key(rep, server['key'])
+    _assert_root_size(rep, 2)
+
+
+def test_resize_revert(cloud, server):
+    before = cloud.server(server['id'])['flavor']
+    cloud.run('server', 'resize', '--flavor', 'amiboot.3g', server['id'])
+    cloud.wait_status(server['id'], ['VERIFY_RESIZE'])
+    rep, _ = _new_boot(cloud, server)
+    _assert_root_size(rep, 3)
+    cloud.run('server', 'resize', 'revert', server['id'])
+    info = cloud.wait_status(server['id'], ['ACTIVE'])
+    assert info['flavor'] == before
+    rep, _ = _new_boot(cloud, server)
+    _assert_key(rep, server['key'])
+    assert PARAM in rep['cmdline'].split()
+
+
+def test_snapshot_and_boot_from_it(cloud, server, keypair):
+    snap = 'tier-snap-%d' % os.getpid()
+    name = 'tier-from-snap-%d' % os.getpid()
+    cloud.run('server', 'image', 'create', '--name', snap, '--wait',
+              server['id'])
+    try:
+        assert cloud.value('image', 'show', snap, '-c', 'status') == 'active'
+        cloud.wait_status(server['id'], ['ACTIVE'])
+        info = cloud.json('server', 'create', '--image', snap, '--flavor',
+                          'amiboot.2g', '--key-name', keypair[0],
+                          '--nic', 'none', name)
+        cloud.wait_status(info['id'], ['ACTIVE'])
+        _, rep, _ = cloud.wait_report(info['id'])
+        _assert_key(rep, keypair[1])
+        _assert_root_size(rep, 2)
+    finally:
+        cloud.run('server', 'delete', '--wait', name, check=False)
+        cloud.run('image', 'delete', snap, check=False)
+
+
+def test_shelve_offload_unshelve(cloud, server):
+    cloud.run('server', 'shelve', server['id'])
+    cloud.wait_status(server['id'], ['SHELVED_OFFLOADED'])
+    cloud.run('server', 'unshelve', server['id'])
+    cloud.wait_status(server['id'], ['ACTIVE'])
+    rep, _ = _new_boot(cloud, server)
+    _assert_key(rep, server['key'])
+    assert PARAM in rep['cmdline'].split()
+
+
+def test_rescue_unrescue(cloud, server):
+    cloud.run('server', 'rescue', server['id'])
+    cloud.wait_status(server['id'], ['RESCUE'])
+    rep, _ = _new_boot(cloud, server)
+    # The rescue guest boots the rescue disk (the image again) with the
+    # server's own boot parameters.
+    assert PARAM in rep['cmdline'].split()
+    cloud.run('server', 'unrescue', server['id'])
+    cloud.wait_status(server['id'], ['ACTIVE'])
+    rep, _ = _new_boot(cloud, server)
+    _assert_key(rep, server['key'])
+    assert PARAM in rep['cmdline'].split()
+
+
+def test_delete(cloud, server):
+    cloud.run('server', 'delete', '--wait', server['id'])
+    ids = cloud.value('server', 'list', '-c', 'ID').split()
+    assert server['id'] not in ids
+
+
+def _base_name(image_id):
+    # nova names a cached image after the sha1 of its id
+    return hashlib.sha1(image_id.encode()).hexdigest()
+
+
+def test_image_cache_ages_bases_out(cloud):
+    """Unused bases age out of the cache.
+
+    Once no server uses them, nova's image cache manager removes them (the
+    cloud runs it every 30 s with a 60 s minimum age).
+    """
+    remaining = cloud.value('server', 'list', '--all-projects', '-c', 'ID',
+                            cloud='amicloud-admin').split()
+    for sid in remaining:
+        cloud.run('server', 'delete', '--wait', sid, cloud='amicloud-admin')
+    ids = []
+    for name in (IMAGE, IMAGE_ALT):
+        props = cloud.json('image', 'show', name,
+                           cloud='amicloud-admin')['properties']
+        ids += [cloud.value('image', 'show', name, '-c', 'id',
+                            cloud='amicloud-admin'),
+                props['kernel_id'], props['ramdisk_id']]
+    base = os.path.join(conftest.STATE, 'data/nova/instances/_base')
+    names = {_base_name(i) for i in ids}
+    assert names & set(os.listdir(base)), 'the tier cached no base'
+    deadline = time.monotonic() + 420
+    while names & set(os.listdir(base)):
+        assert time.monotonic() < deadline, (
+            'still cached: %s' % sorted(names & set(os.listdir(base))))
+        time.sleep(5)
