@@ -49,31 +49,30 @@ function amiboot_compute_command {
 }
 
 # amiboot_upload_triplet NAME KERNEL RAMDISK ROOT [--property K=V ...]
-#   Upload an AKI/ARI/AMI triplet with "openstack image create" (public),
-#   the AMI linked by kernel_id/ramdisk_id. Prints the AMI's id. An image
-#   NAME that exists already is kept (idempotent).
+#   Upload an AKI/ARI/AMI triplet with "openstack image create" (public):
+#   NAME-kernel, NAME-ramdisk and the AMI NAME linked to them by
+#   kernel_id/ramdisk_id. Prints the AMI's id. Images that exist already
+#   (by name) are kept, so a second run uploads nothing.
 function amiboot_upload_triplet {
     local name=$1 kernel=$2 ramdisk=$3 root=$4
     shift 4
-    local aki ari ami
-    ami=$(openstack image list --name "$name" -f value -c ID | head -n 1)
-    if [[ -n "$ami" ]]; then
-        echo "$ami"
-        return
-    fi
-    aki=$(amiboot_upload_part "$name-kernel" aki "$kernel")
-    ari=$(amiboot_upload_part "$name-ramdisk" ari "$ramdisk")
-    openstack image create --disk-format ami --container-format ami \
-        --file "$root" --public --property kernel_id="$aki" \
-        --property ramdisk_id="$ari" "$@" -f value -c id "$name"
+    local aki ari
+    aki=$(amiboot_upload_image "$name-kernel" aki "$kernel")
+    ari=$(amiboot_upload_image "$name-ramdisk" ari "$ramdisk")
+    amiboot_upload_image "$name" ami "$root" --property kernel_id="$aki" \
+        --property ramdisk_id="$ari" "$@"
 }
 
-function amiboot_upload_part {
+# amiboot_upload_image NAME FORMAT FILE [openstack image create options]
+#   Upload FILE as a public image NAME of disk and container format FORMAT
+#   (aki, ari or ami) unless an image NAME exists. Prints its id.
+function amiboot_upload_image {
     local name=$1 fmt=$2 file=$3 id
+    shift 3
     id=$(openstack image list --name "$name" -f value -c ID | head -n 1)
     if [[ -z "$id" ]]; then
         id=$(openstack image create --disk-format "$fmt" \
-            --container-format "$fmt" --file "$file" --public \
+            --container-format "$fmt" --file "$file" --public "$@" \
             -f value -c id "$name")
     fi
     echo "$id"
