@@ -16,7 +16,7 @@ import testtools
 class Counter(testtools.StreamResult):
     def __init__(self):
         super().__init__()
-        self.status = {}
+        self.results = {}
         self.reasons = {}
 
     def status(self, test_id=None, test_status=None, file_name=None,
@@ -24,7 +24,7 @@ class Counter(testtools.StreamResult):
         if test_id is None:
             return
         if test_status in ('success', 'fail', 'skip', 'xfail', 'uxsuccess'):
-            self.status[test_id] = test_status
+            self.results[test_id] = test_status
         if file_name == 'reason' and file_bytes:
             self.reasons.setdefault(test_id, b'')
             self.reasons[test_id] += bytes(file_bytes)
@@ -36,9 +36,9 @@ def main():
         subunit.ByteStreamToStreamResult(f, non_subunit_name='stdout').run(
             counter)
     # setUpClass/tearDownClass entries are not tests
-    tests = {t: s for t, s in counter.status.items()
+    tests = {t: s for t, s in counter.results.items()
              if not t.startswith(('setUpClass', 'tearDownClass'))}
-    fixtures = {t: s for t, s in counter.status.items() if t not in tests}
+    fixtures = {t: s for t, s in counter.results.items() if t not in tests}
     by = collections.Counter(tests.values())
     minutes = (' in %s min' % sys.argv[2]) if len(sys.argv) > 2 else ''
     print('%d ran%s: %d passed, %d skipped, %d failed' % (
