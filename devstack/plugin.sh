@@ -3,25 +3,30 @@
 
 NOVA_AMIBOOT_PACKAGES="qemu-utils e2fsprogs fuse3 busybox-static cpio kmod"
 
+# What a compute node needs (nova.conf settings, the rootwrap filter, the
+# compute command, the image upload) comes from one script, which
+# tools/cloud uses as well.
+source $NOVA_AMIBOOT_DIR/devstack/amiboot-compute.sh
+
 function install_nova_amiboot {
     install_package $NOVA_AMIBOOT_PACKAGES
     setup_develop $NOVA_AMIBOOT_DIR
 }
 
+# Everything but compute_driver (set when n-cpu restarts, below).
 function configure_nova_amiboot {
-    local conf
-    # nova-rootwrap must admit our privsep context (nbd attach).
-    sudo install -d -o root -g root -m 755 $NOVA_CONF_DIR/rootwrap.d
-    sudo install -o root -g root -m 644 \
-        $NOVA_AMIBOOT_DIR/etc/nova/rootwrap.d/amiboot.filters \
-        $NOVA_CONF_DIR/rootwrap.d/amiboot.filters
+    local conf section option value
     for conf in $NOVA_CONF $NOVA_CPU_CONF; do
         [[ -f $conf ]] || continue
-        iniset $conf amiboot inject_key $NOVA_AMIBOOT_INJECT_KEY
-        iniset $conf amiboot allowed_boot_params \
-            "$NOVA_AMIBOOT_ALLOWED_BOOT_PARAMS"
-        iniset $conf libvirt images_type qcow2
+        while read -r section option value; do
+            [[ $option == compute_driver ]] && continue
+            iniset $conf $section $option "$value"
+        done < <(amiboot_compute_settings)
     done
+    # n-cpu starts privsep-helper through sudo nova-rootwrap: admit the
+    # driver's privsep contexts.
+    amiboot_rootwrap_filters | sudo tee \
+        $NOVA_CONF_DIR/rootwrap.d/amiboot.filters > /dev/null
 }
 
 # The stock nova-compute cannot load a driver from outside nova.virt, so
@@ -36,7 +41,7 @@ function start_nova_amiboot_compute {
     done
     stop_process n-cpu
     run_process n-cpu \
-        "$NOVA_BIN_DIR/nova-compute-amiboot --config-file $NOVA_CPU_CONF" \
+        "$(amiboot_compute_command $NOVA_CPU_CONF $NOVA_BIN_DIR)" \
         $LIBVIRT_GROUP
 }
 
@@ -46,8 +51,6 @@ function upload_nova_amiboot_sample {
     local work=$NOVA_AMIBOOT_WORK
     local kver
     local tree=$work/rootfs
-    local aki_id
-    local ari_id
     kver=$(uname -r)
     sudo rm -rf $work
     mkdir -p $tree/bin $tree/sbin $tree/etc $tree/dev $tree/proc \
@@ -66,16 +69,8 @@ INITTAB
         $work/ami.img
     sudo chown $STACK_USER $work/ari.img $work/ami.img
 
-    aki_id=$(openstack image create --disk-format aki \
-        --container-format aki --file $work/vmlinuz --public \
-        -f value -c id $NOVA_AMIBOOT_SAMPLE_NAME-kernel)
-    ari_id=$(openstack image create --disk-format ari \
-        --container-format ari --file $work/ari.img --public \
-        -f value -c id $NOVA_AMIBOOT_SAMPLE_NAME-ramdisk)
-    openstack image create --disk-format ami --container-format ami \
-        --file $work/ami.img --public \
-        --property kernel_id=$aki_id --property ramdisk_id=$ari_id \
-        $NOVA_AMIBOOT_SAMPLE_NAME
+    amiboot_upload_triplet $NOVA_AMIBOOT_SAMPLE_NAME $work/vmlinuz \
+        $work/ari.img $work/ami.img
 }
 
 function cleanup_nova_amiboot {

@@ -96,6 +96,9 @@ start_libvirt() {
 }
 
 install_packages
-make_venv
+# tools/cloud needs the host (packages, libvirtd) but not the test venv.
+if [ "${AMIBOOT_SETUP_VENV:-yes}" = yes ]; then
+    make_venv
+fi
 start_libvirt
-log "ready: $venv"
+log "ready"
