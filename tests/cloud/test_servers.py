@@ -185,9 +185,6 @@ def test_rebuild_to_a_second_ami(cloud, server):
     assert info['image'], info
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "driver bug (fixed on the lifecycle branch): resize does not grow the "
-    "filesystem; the guest still sees 1 GiB under a 2 GiB flavor"))
 def test_resize_up_and_confirm_grows_the_filesystem(cloud, server):
     _ensure_active(cloud, server)
     cloud.run('server', 'resize', '--flavor', 'amiboot.2g', server['id'])
@@ -261,9 +258,6 @@ def test_rescue_unrescue(cloud, server):
     assert PARAM in rep['cmdline'].split()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "driver bug (fixed on the lifecycle branch): rescue drops the "
-    "server's boot parameters from the kernel command line"))
 def test_rescue_keeps_the_boot_params(cloud, server):
     _ensure_active(cloud, server)
     cloud.run('server', 'rescue', server['id'])
