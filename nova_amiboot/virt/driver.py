@@ -18,6 +18,7 @@ import os
 import shutil
 
 from nova import exception as nova_exception
+from nova import objects
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_log import log as logging
@@ -42,8 +43,17 @@ def boot_params(instance):
             user_data = base64.b64decode(instance.user_data)
         except (binascii.Error, ValueError):
             user_data = b''
-        params.extend(embedded.boot_params_from_user_data(user_data))
+        params.extend(embedded.boot_params_from_user_data(
+            user_data, instance=instance.uuid))
     return params
+
+
+def os_command_line(instance):
+    """The image's os_command_line property of ``instance``, or None."""
+    props = objects.ImageMeta.from_instance(instance).properties
+    if props.obj_attr_is_set('os_command_line'):
+        return props.os_command_line
+    return None
 
 
 class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
@@ -63,10 +73,20 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
                                     instance=instance.uuid)
 
     def _check_boot_params(self, instance):
-        """Refuse a denied boot parameter before anything is changed."""
+        """Refuse a denied boot parameter before anything is changed.
+
+        The image's os_command_line is checked with them: nova writes it
+        into the domain XML only later, outside any error mapping, where a
+        line XML cannot hold would reschedule the build instead of ending
+        it with the reason.
+        """
         if instance.kernel_id:
             with errors.as_nova_errors(instance.image_ref):
-                self._cmdline(instance, '')
+                domain.build_cmdline('', os_command_line(instance),
+                                     boot_params(instance),
+                                     CONF.amiboot.allowed_boot_params,
+                                     instance=instance.uuid,
+                                     image=instance.image_ref)
 
     def _cache_kernel_ramdisk(self, context, instance, kernel_id,
                               ramdisk_id, suffix=''):

@@ -232,6 +232,23 @@ class TestAmiServers(AmiServersBase):
         # Refused before any download or disk work.
         self.assertFalse(os.path.exists(self._base('ami')))
 
+    def test_unwritable_os_command_line_fails_the_server(self):
+        # The image owner's line only has to be writable into the domain
+        # XML; a control character cannot be, and must end the build with
+        # the reason (not a reschedule, "No valid host") before any work.
+        self.images['badline'] = self._upload(
+            'badline', self.testbed['root'], 'ami',
+            {'kernel_id': self.images['aki'],
+             'ramdisk_id': self.images['ari'],
+             'os_command_line': 'root=/dev/vda console=ttyS0\x01'})
+        server = self._build_server(image_uuid=self.images['badline'],
+                                    flavor_id='1', networks='none')
+        server = self.api.post_server({'server': server})
+        server = self._wait_for_state_change(server, 'ERROR')
+        self.assertIn('kernel command line', server['fault']['message'])
+        self.assertIn(self.images['badline'], server['fault']['message'])
+        self.assertFalse(os.path.exists(self._base('badline')))
+
     def test_other_images_are_stock_nova(self):
         server = self._boot('plain', key_name='k1')
         disk = os.path.join(self._instance_dir(server), 'disk')
