@@ -183,15 +183,7 @@ def _fuse(disk, fmt, timeout):
         shutil.rmtree(workdir, ignore_errors=True)
     # The daemon wrote everything to the page cache when it stopped; make
     # it durable before anyone boots from the disk.
-    _fdatasync(disk)
-
-
-def _fdatasync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+    utils.fdatasync(disk)
 
 
 def _qemu_opt(value):

@@ -229,7 +229,7 @@ class ImageCache(object):
             with open(tmp, 'rb') as f:
                 os.fsync(f.fileno())
             os.rename(tmp, path)
-            _fsync_dir(self.base_dir)
+            utils.fsync_dir(self.base_dir)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise exception.DiskFull(path=self.base_dir,
@@ -483,11 +483,3 @@ def _check_format(image_id, disk_format, expected_format):
         raise exception.InvalidImage(
             image=image_id, reason="disk_format is %s, expected %s"
             % (disk_format, expected_format))
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -255,7 +255,7 @@ def _build_template(base, tpl, size, facts, conf, instance, image):
         with open(tmp, 'rb') as f:
             os.fsync(f.fileno())
         os.rename(tmp, tpl)
-        _fsync_dir(os.path.dirname(tpl))
+        utils.fsync_dir(os.path.dirname(tpl))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     LOG.info("Made grown template %(tpl)s of %(base)s for %(size)d bytes",
@@ -308,11 +308,3 @@ def _pid_alive(pid):
     except PermissionError:
         pass
     return True
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

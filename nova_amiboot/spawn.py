@@ -248,14 +248,6 @@ def make_disk(conf, cache, req, root, facts, path):
     return fmt, None
 
 
-def _fdatasync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
 def prepare(conf, cache, req, virt_type=None, attach_method=None):
     """Prepare instance ``req`` under the cache's instances dir."""
     timings = {}
@@ -294,7 +286,7 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
         if tfacts is not None and not _wants(req, conf):
             # Grown already, nothing to write: no attach at all.
             grown = True
-            _fdatasync(disk)
+            utils.fdatasync(disk)
         else:
             with attach.attached(disk, fmt, conf,
                                  method=attach_method) as tg:

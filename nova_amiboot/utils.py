@@ -146,3 +146,21 @@ def reap_stale_tempdirs(prefix, release=None, dir=None):
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+def fdatasync(path):
+    """Make the data of file ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path):
+    """Make a rename or creation in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
