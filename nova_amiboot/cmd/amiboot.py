@@ -88,8 +88,12 @@ def _instance_row(cloud, inst):
     d['flavor'] = inst.flavor['name']
     d['ssh'] = ('127.0.0.1:%s' % inst.network['ssh_port']
                 if inst.network.get('ssh_port') else '')
-    # Only our own domain (owner mark), never one that shares the name.
-    dom = cloud._domain(inst)
+    # Only our own domain (owner mark), never one that shares the name or
+    # the uuid (a foreign one shows as state 'foreign', no domain type).
+    try:
+        dom = cloud._domain(inst)
+    except exception.DomainNotOwned:
+        dom = None
     d['virt_type'] = (etree.fromstring(dom.XMLDesc(0).encode()).get('type')
                       if dom is not None else '')
     return d

@@ -1,6 +1,6 @@
 """amiboot image upload/download against the real Glance of the one-host
-cloud (tools/cloud). Never faked: without a reachable cloud the test is
-skipped and says why.
+cloud (tools/cloud), in the cloud tier. Never faked: run on its own without
+a reachable cloud, the test is skipped and says why.
 
 The cloud's clouds.yaml is found through OS_CLIENT_CONFIG_FILE, else the
 cloud's state directory (AMIBOOT_CLOUD_DIR, default

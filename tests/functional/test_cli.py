@@ -214,9 +214,9 @@ class TestInstances(CliTestCase):
             report.END))
         cache = self.json('cache', 'list')
         self.assertEqual(3, len(cache))
-        # The disk's backing file is in use; kernel and ramdisk were
-        # copied (the instance does not pin their bases).
-        self.assertEqual(['vm1'], [c['users'] for c in cache if c['users']])
+        # All three are in use: the disk's backing file, and the bases the
+        # instance's own kernel and ramdisk copies were made from.
+        self.assertEqual(['vm1'] * 3, [c['users'] for c in cache])
         self.assertIn('vm1', self.amiboot('cache', 'list').stdout)
         self.amiboot('delete', 'vm1')
         self.assertIsNone(self.host.lookup('amiboot-vm1'))

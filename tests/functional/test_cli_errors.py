@@ -72,8 +72,8 @@ class TestOneLineErrors(test_domain_owner.ScopedLeakCheck,
                 self.assertIn(d, self.error('list'))
                 os.remove(os.path.join(d, 'amiboot.json'))
                 os.rmdir(d)
-        self.assertEqual([], json.loads(self.amiboot('--format', 'json',
-                                                     'list').stdout))
+        self.assertEqual([], json.loads(self.amiboot('list', '-f',
+                                                     'json').stdout))
 
     def test_state_dir_that_xml_cannot_carry(self):
         # Operator input, still a clear error (lxml refuses the control

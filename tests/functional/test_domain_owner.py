@@ -78,8 +78,11 @@ class OwnerTestCase(ScopedLeakCheck, test_cli.CliTestCase):
         return dom
 
     def base_files(self):
+        # The cached images (not the directory of grown templates, which
+        # no guest opens: instance disks are copies of them).
         d = os.path.join(self.state, 'instances', '_base')
-        return {n: os.stat(os.path.join(d, n)) for n in os.listdir(d)}
+        return {n: os.stat(os.path.join(d, n)) for n in os.listdir(d)
+                if os.path.isfile(os.path.join(d, n))}
 
 
 class TestOtherStateDirectory(OwnerTestCase):
@@ -165,7 +168,7 @@ class TestOtherStateDirectory(OwnerTestCase):
                               s.st_size))
 
     def json_b(self, *args):
-        p = self.amiboot_b('--format', 'json', *args)
+        p = self.amiboot_b(*args, '-f', 'json')
         self.assertEqual(0, p.returncode, p.stderr)
         return test_cli.json.loads(p.stdout)
 
