@@ -39,6 +39,7 @@ from nova_amiboot import ari
 from nova_amiboot import attach
 from nova_amiboot import exception
 from nova_amiboot import inject
+from nova_amiboot.privileged import e2fs
 from nova_amiboot import safety
 from nova_amiboot import utils
 
@@ -252,8 +253,31 @@ def probe(src, fmt, part, work):
 
 # --- reading files out of an ext filesystem -------------------------------
 
+# Host paths that go into our own debugfs scripts (the work directory and
+# what we make in it): one plain word for debugfs's parser.
+_HOST_PATH = re.compile(r'/[A-Za-z0-9_@+:./-]{1,1023}')
+# One entry of debugfs ``ls -p``: /inode/mode/uid/gid/name/size/. Only the
+# name is taken from it, and only after the grammar and a secure lookup.
+_LS_P = re.compile(r'/[0-9]+/[0-7]+/[0-9]+/[0-9]+/(.*)/[0-9]*/')
+_MAX_LINE = e2fs.MAX_LINE
+# Prefixes looked up in one debugfs run (two requests each).
+_BATCH = 200
+DEBUGFS_TIMEOUT = 600
+
+
 class ImageFS(inject.GuestFS):
-    """A filesystem in a plain file, read with bounds, symlinks refused."""
+    """A filesystem in a plain file, read with bounds, symlinks refused.
+
+    Kind, existence and size always come from GuestFS's fixed-form inode
+    lookups (imap/idump), every component a real directory. Bulk data (a
+    kernel, a modules tree, /boot files written in) cannot travel in the
+    fixed requests; for those this class runs debugfs itself on the plain
+    file it owns (never an nbd device: no privilege is involved), with
+    scripts built here from names of the e2fs grammar and inode numbers
+    from the secure lookup. Only files come back (dump/rdump into our
+    private work directory) and names from ``ls -p``, each checked again
+    before use. ``stat`` output is never parsed.
+    """
 
     def __init__(self, path, image):
         super().__init__(attach.Target(path, 'file'), instance=image)
@@ -269,70 +293,170 @@ class ImageFS(inject.GuestFS):
         except exception.UnsafeInjectionPath as e:
             self._fail(path, e.kwargs.get('reason', str(e)))
 
+    def _prefixes(self, path):
+        try:
+            return super()._prefixes(path)
+        except exception.UnsafeInjectionPath as e:
+            self._fail(path, e.kwargs.get('reason', str(e)))
+
+    def _lookup(self, paths):
+        """{path: _Inode or None} for plain absolute ``paths``.
+
+        An inode is returned only when every directory on the way is a real
+        directory (not a link): what a link points to is never looked at.
+        The last component may be anything, a link included.
+        """
+        found, wanted = {}, []
+        for path in paths:
+            for p in self._prefixes(path):
+                if p not in wanted:
+                    wanted.append(p)
+        for i in range(0, len(wanted), _BATCH):
+            batch = wanted[i:i + _BATCH]
+            inodes = self._query(batch[0], batch)[0]
+            found.update(zip(batch, inodes))
+        result = {}
+        for path in paths:
+            prefixes = self._prefixes(path)
+            dirs = [found[p] for p in prefixes[:-1]]
+            if all(d is not None and d.kind == 'dir' for d in dirs):
+                result[path] = found[prefixes[-1]]
+            else:
+                result[path] = None
+        return result
+
+    def inode(self, path):
+        return self._lookup([path])[path]
+
     def kind(self, path):
-        """'file', 'dir', 'link', other or None, per debugfs (no checks)."""
-        return self._stat_types([path]).get(path)
+        """'file', 'dir', 'link', 'other' or None.
+
+        None: absent, or reached only through a link or a non-directory.
+        """
+        inode = self.inode(path)
+        return inode.kind if inode is not None else None
 
     def exists(self, path):
-        # debugfs resolves links inside the image; fine for a yes/no.
-        out, _errors = self.debugfs('stat %s\n' % path)
-        return bool(re.search(r'^Inode: \d+', out, re.M))
+        # A link counts as there (merged-/usr images: /usr/sbin/init ->
+        # systemd); it is never followed.
+        return self.inode(path) is not None
+
+    def _real_dir(self, path):
+        """The inode of ``path`` if it is a real directory all the way."""
+        if path == '/':
+            return 2
+        inode = self.inode(path)
+        return inode.ino if inode is not None and inode.kind == 'dir' \
+            else None
 
     def size(self, path):
-        out, errors = self.debugfs('stat %s\n' % path)
-        m = re.search(r'Size: (\d+)', out)
-        if errors or not m:
-            self._fail(path, '; '.join(errors) or 'cannot stat')
-        return int(m.group(1))
+        inode = self.check_path(path)[-1][1]
+        if inode is None:
+            self._fail(path, "does not exist")
+        return inode.size
+
+    def _host(self, path):
+        if not _HOST_PATH.fullmatch(path) or '//' in path:
+            self._fail(path, "work path not usable in a debugfs script")
+        return path
+
+    def _run(self, lines, write=False, what='files'):
+        """Run our own debugfs script on our file; return (stdout, errors).
+
+        Every line is built in this class from checked names, inode numbers
+        and host paths of our work directory.
+        """
+        for line in lines:
+            if not line.isascii() or not line.isprintable() or \
+                    len(line) >= _MAX_LINE:
+                self._fail(what, "debugfs line too long or not one line")
+        cmd = ['debugfs'] + (['-w'] if write else []) + \
+            ['-f', '-', self.target.path]
+        script = ''.join(line + '\n' for line in lines).encode('ascii')
+        try:
+            out, err = utils.execute(
+                *cmd, process_input=script, binary=True,
+                env_variables=_C_LOCALE, timeout=DEBUGFS_TIMEOUT)
+        except exception.CommandFailed as e:
+            self._fail(what, str(e))
+        out = out.decode('utf-8', 'replace')
+        errors = [line for line in err.decode('utf-8', 'replace').splitlines()
+                  if line.strip() and not inject._BANNER.fullmatch(
+                      line.strip())]
+        return out, errors
 
     def read_bounded(self, path, limit, dest):
         """Copy the regular file ``path`` to ``dest`` (at most ``limit``).
 
         Every component must be a real directory and the file a regular
-        file: a link is refused, never followed.
+        file: a link is refused, never followed. The size comes from the
+        inode before anything is read, and the file is dumped by its inode
+        number.
         """
-        parts = self.check_path(path)
-        if parts[-1][1] is None:
+        inode = self.check_path(path)[-1][1]
+        if inode is None:
             return None
-        size = self.size(path)
-        if size > limit:
-            self._fail(path, "%d bytes, over the limit of %d" % (size,
-                                                                 limit))
-        _out, errors = self.debugfs('dump %s %s\n' % (path, dest))
-        if errors:
-            self._fail(path, '; '.join(errors))
-        if os.path.getsize(dest) != size:
-            self._fail(path, "read %d bytes of %d"
-                       % (os.path.getsize(dest), size))
+        if inode.size > limit:
+            self._fail(path, "%d bytes, over the limit of %d"
+                       % (inode.size, limit))
+        private = tempfile.mkdtemp(prefix='dump-',
+                                   dir=os.path.dirname(dest))
+        try:
+            out_file = os.path.join(private, 'file')
+            _out, errors = self._run(['dump <%d> %s'
+                                      % (inode.ino, self._host(out_file))],
+                                     what=path)
+            if errors:
+                self._fail(path, '; '.join(errors))
+            got = os.lstat(out_file).st_size \
+                if os.path.isfile(out_file) else -1
+            if got != inode.size:
+                self._fail(path, "read %d bytes of %d" % (got, inode.size))
+            os.rename(out_file, dest)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
         return dest
 
     def read_text(self, path, work):
-        dest = os.path.join(work, 'text')
+        content = self.read(path, MAX_TEXT)
+        if content is None:
+            return None
+        return content.decode('utf-8', 'replace')
+
+    def read(self, path, limit=inject.READ_LIMIT):
         try:
-            if self.read_bounded(path, MAX_TEXT, dest) is None:
-                return None
-            with open(dest, 'rb') as f:
-                return f.read().decode('utf-8', 'replace')
-        finally:
-            if os.path.exists(dest):
-                os.unlink(dest)
+            return super().read(path, limit)
+        except exception.UnsafeInjectionPath as e:
+            self._fail(path, e.kwargs.get('reason', str(e)))
+        except exception.GuestFileTooLarge:
+            self._fail(path, "over the limit of %d bytes" % limit)
 
     def listdir(self, path):
-        """{name: (kind, size)} of a directory checked by check_path."""
-        out, errors = self.debugfs('ls -p %s\n' % path)
+        """{name: (kind, size)} of a real directory ({} if it is not one).
+
+        Names come from ``ls -p``; each must be a plain name and is looked
+        up again with the secure lookup, which gives kind and size.
+        """
+        ino = self._real_dir(path)
+        if ino is None:
+            return {}
+        out, errors = self._run(['ls -p <%d>' % ino], what=path)
         if errors:
             self._fail(path, '; '.join(errors))
-        entries = {}
+        names = []
         for line in out.splitlines():
-            # /inode/mode/uid/gid/name/size/
-            f = line.split('/')
-            if len(f) < 7 or f[5] in ('.', '..', ''):
+            m = _LS_P.fullmatch(line)
+            if not m:
                 continue
-            mode = int(f[2], 8)
-            kind = {0o040000: 'dir', 0o100000: 'file',
-                    0o120000: 'link'}.get(mode & 0o170000, 'other')
-            entries[f[5]] = (kind, int(f[6] or 0))
-        return entries
+            name = m.group(1)
+            if name in ('.', '..') or not e2fs.NAME.fullmatch(name):
+                # Not a name we can use safely: left out.
+                continue
+            names.append(name)
+        base = '' if path == '/' else path
+        inodes = self._lookup([base + '/' + n for n in names])
+        return {n: (inodes[base + '/' + n].kind, inodes[base + '/' + n].size)
+                for n in names if inodes[base + '/' + n] is not None}
 
     def dump_tree(self, path, dest, limit):
         """rdump a real directory; drop links and specials; bound size.
@@ -340,22 +464,24 @@ class ImageFS(inject.GuestFS):
         Returns the dumped directory, or None if ``path`` is not a real
         directory. ``/`` dumps the filesystem's top entries into ``dest``.
         """
+        os.makedirs(dest)
+        self._host(dest)
         if path == '/':
-            script = ''.join('rdump /%s %s\n' % (name, dest)
-                             for name in self.listdir('/')
-                             if name != 'lost+found'
-                             and inject._PLAIN.match(name))
+            lines = ['rdump /%s %s' % (name, dest)
+                     for name, (kind, _size) in sorted(
+                         self.listdir('/').items())
+                     if name != 'lost+found' and kind in ('dir', 'file')]
             result = dest
         else:
-            parts = self.check_path(path + '/x')[:-1]
-            if any(kind != 'dir' for _p, kind in parts):
+            if self._real_dir(path) is None:
+                os.rmdir(dest)
                 return None
-            script = 'rdump %s %s\n' % (path, dest)
+            lines = ['rdump %s %s' % (path, dest)]
             result = os.path.join(dest, os.path.basename(path))
-        os.makedirs(dest)
-        _out, errors = self.debugfs(script)
-        if errors:
-            self._fail(path, '; '.join(errors))
+        if lines:
+            _out, errors = self._run(lines, what=path)
+            if errors:
+                self._fail(path, '; '.join(errors))
         total = 0
         for dirpath, dirs, files in os.walk(dest):
             for name in dirs + files:
@@ -374,6 +500,19 @@ class ImageFS(inject.GuestFS):
             self._fail(path, "%d bytes, over the limit of %d" % (total,
                                                                  limit))
         return result
+
+    def remove(self, path):
+        """Remove the regular file ``path`` (checked: no link on the way)."""
+        parts = self.check_path(path)
+        if parts[-1][1] is None:
+            return False
+        parent = parts[-2][1].ino if len(parts) > 1 else 2
+        _out, errors, _t = self.debugfs(
+            [('cd', parent), ('rm', os.path.basename(path))], write=True,
+            what=path)
+        if errors:
+            self._fail(path, '; '.join(errors))
+        return True
 
 
 def _version_key(version):
@@ -399,8 +538,7 @@ def os_name(fs, work):
 
 
 def choose_kernel(fs, image, version=None):
-    boot = fs.check_path('/boot/x')[:-1]
-    if any(kind != 'dir' for _p, kind in boot):
+    if fs._real_dir('/boot') is None:
         _fail(image, "its root filesystem has no /boot directory")
     kernels = {name[len('vmlinuz-'):]: kind
                for name, (kind, _size) in fs.listdir('/boot').items()
@@ -444,26 +582,49 @@ def rewrite_fstab(text, label, fstype):
 
 
 def _merge_boot(root_fs, boot_tree, image):
-    """Write a /boot partition's files into the root's /boot."""
-    script = []
+    """Write a /boot partition's files into the root's /boot.
+
+    Every name is a plain name (e2fs grammar) and every target path is
+    looked up securely first: a directory there is used, a regular file
+    replaced, anything else (a link, a device) refused.
+    """
+    dirs_wanted, files_wanted = ['/boot'], []
     for dirpath, dirs, files in os.walk(boot_tree):
         rel = os.path.relpath(dirpath, boot_tree)
         target_dir = '/boot' if rel == '.' else '/boot/' + rel
         for name in sorted(dirs):
-            p = target_dir + '/' + name
-            root_fs._prefixes(p)   # plain names only
-            script += ['mkdir %s' % p, 'sif %s mode 040755' % p]
+            dirs_wanted.append(target_dir + '/' + name)
         for name in sorted(files):
-            p = target_dir + '/' + name
-            root_fs._prefixes(p)
-            mode = os.lstat(os.path.join(dirpath, name)).st_mode & 0o777
-            script += ['cd %s' % target_dir,
-                       'write %s %s' % (os.path.join(dirpath, name), name),
-                       'sif %s mode 0%o' % (name, 0o100000 | mode),
-                       'sif %s uid 0' % name, 'sif %s gid 0' % name]
-    if script:
-        _out, errors = root_fs.debugfs('\n'.join(script) + '\n', write=True,
-                                       what='/boot')
+            files_wanted.append((target_dir, name, os.path.join(dirpath,
+                                                                name)))
+    paths = dirs_wanted + [d + '/' + n for d, n, _src in files_wanted]
+    # The grammar first (plain names, bounded length), then the lookup.
+    for p in paths:
+        root_fs._prefixes(p)
+    found = root_fs._lookup(paths)
+    script = []
+    for p in dirs_wanted:
+        inode = found[p]
+        if inode is None:
+            script += ['mkdir %s' % p, 'sif %s mode 040755' % p,
+                       'sif %s uid 0' % p, 'sif %s gid 0' % p]
+        elif inode.kind != 'dir':
+            _fail(image, "cannot move /boot into the root: %s is a %s"
+                  % (p, inode.kind))
+    for target_dir, name, src in files_wanted:
+        inode = found[target_dir + '/' + name]
+        mode = os.lstat(src).st_mode & 0o777
+        script.append('cd %s' % target_dir)
+        if inode is not None:
+            if inode.kind != 'file':
+                _fail(image, "cannot move /boot into the root: %s/%s is a "
+                      "%s" % (target_dir, name, inode.kind))
+            script.append('rm %s' % name)
+        script += ['write %s %s' % (root_fs._host(src), name),
+                   'sif %s mode 0%o' % (name, 0o100000 | mode),
+                   'sif %s uid 0' % name, 'sif %s gid 0' % name]
+    if files_wanted or len(dirs_wanted) > 1 or found['/boot'] is None:
+        _out, errors = root_fs._run(script, write=True, what='/boot')
         if errors:
             _fail(image, "cannot move /boot into the root: %s"
                   % '; '.join(errors))

@@ -71,14 +71,14 @@ def remove_injected(fs, base_fs, work):
     current = fs.read_text('/etc/hostname', work)
     if current is not None and current != original:
         if original is None:
-            fs.debugfs('rm /etc/hostname\n', write=True, what='hostname')
+            fs.remove('/etc/hostname')
         else:
             fs.write('/etc/hostname', original.encode(), mode=0o644)
         removed.append('/etc/hostname')
     for name in ('meta-data', 'user-data'):
         path = '%s/%s' % (SEED, name)
         if fs.kind(path) == 'file' and base_fs.kind(path) is None:
-            fs.debugfs('rm %s\n' % path, write=True, what=path)
+            fs.remove(path)
             removed.append(path)
     return removed
 
