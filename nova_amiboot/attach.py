@@ -72,12 +72,16 @@ class Target(object):
                 return priv_nbd.run_e2fs(tool, self.path, list(args),
                                          **kwargs)
             return e2fs.run(tool, list(args), self.path, **kwargs)
+        # An error is one bounded line (as utils.execute makes it): the
+        # stderr of a tool reading an untrusted filesystem can run on for
+        # many lines.
         except processutils.ProcessExecutionError as e:
-            raise exception.CommandFailed(cmd=tool, code=e.exit_code,
-                                          stderr=(e.stderr or '').strip())
+            raise exception.CommandFailed(
+                cmd=tool, code=e.exit_code,
+                stderr=utils.one_line(e.stderr or ''))
         except e2fs.Failed as e:
             raise exception.CommandFailed(cmd=tool, code=e.code,
-                                          stderr=e.stderr.strip())
+                                          stderr=utils.one_line(e.stderr))
         except FileNotFoundError:
             raise exception.ToolMissing(tool=tool)
         except ValueError as e:

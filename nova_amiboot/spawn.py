@@ -272,7 +272,17 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
     if facts is None:
         # Once per base: concurrent first spawns wait for one check.
         with _base_lock(cache, root):
-            facts = grow.base_facts(root.path, conf)
+            try:
+                facts = grow.base_facts(root.path, conf)
+            except (OSError, exception.AmibootException) as e:
+                # Its scratch overlay is in the instances path: a full
+                # disk there is met here first.
+                if _disk_full(e):
+                    raise exception.DiskFull(
+                        path=cache.instances_path,
+                        action="checking image %s for instance %s"
+                        % (req.image_id, req.name)) from e
+                raise
     timings['fetch'] = time.monotonic() - t0
 
     idir = os.path.join(cache.instances_path, req.uuid)

@@ -122,7 +122,13 @@ def owned_tempdir(prefix, dir=None):
     recognises its directories by the dead owner and removes them.
     """
     path = tempfile.mkdtemp(prefix=prefix, dir=dir)
-    write_owner(os.path.join(path, _OWNER))
+    try:
+        write_owner(os.path.join(path, _OWNER))
+    except BaseException:
+        # Without its owner file nothing would ever reap it (a full disk
+        # gets here).
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     return path
 
 

@@ -21,6 +21,7 @@ from oslo_concurrency import lockutils
 
 from nova_amiboot import attach
 from nova_amiboot import cache as cache_mod
+from nova_amiboot import grow
 from nova_amiboot import inject
 from tests.functional import base
 from tests.functional import faultdriver
@@ -44,6 +45,21 @@ def _sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b''):
             h.update(chunk)
     return h.hexdigest()
+
+
+def base_digests(instances):
+    """sha256 of each base file in ``instances``/_base (not templates)."""
+    bdir = os.path.join(instances, '_base')
+    return {n: _sha256(os.path.join(bdir, n)) for n in os.listdir(bdir)
+            if os.path.isfile(os.path.join(bdir, n))}
+
+
+def templates(instances):
+    """Paths of the grown templates (and anything else) in the cache."""
+    tdir = os.path.join(instances, '_base', grow.TEMPLATE_DIR)
+    if not os.path.isdir(tdir):
+        return []
+    return sorted(os.path.join(tdir, n) for n in os.listdir(tdir))
 
 
 def hooked_env(**env):
@@ -98,7 +114,19 @@ class FaultTestCase(base.RealToolsTestCase):
             found += [os.path.join(dirpath, n) for n in names
                       if '.part' in n]
         found += [d for d in os.listdir(instances) if '.new-' in d]
+        # Scratch dirs of a base check or a template build (in the
+        # instances dir, next to the disks they become).
+        for d in glob.glob(os.path.join(instances, 'amiboot-check-*')):
+            if faults.owner_pid(d) in pids:
+                found.append('scratch dir %s' % d)
         return found
+
+    def assertTemplatesComplete(self, instances):
+        """Every grown template in the cache is whole: checked, sealed."""
+        for tpl in templates(instances):
+            self.assertTrue(tpl.endswith('.qcow2'), tpl)
+            self.assertEqual(0o444, os.stat(tpl).st_mode & 0o777, tpl)
+            self.run_cmd('qemu-img', 'check', '-q', '-f', 'qcow2', tpl)
 
     def drive(self, instances, ami, inst_uuid, **env):
         p = subprocess.Popen(
@@ -130,13 +158,16 @@ class TestKill(FaultTestCase):
         with open(log) as f:
             steps = f.read().splitlines()
         names = {s.rsplit(' ', 1)[0] for s in steps}
+        # The first prepare of this (base, size) checks the base and builds
+        # its grown template (e2fsck, resize2fs there), then copies it for
+        # the instance and injects (debugfs).
         for needed in ('download', 'inspect', 'run:qemu-img info',
                        'run:qemu-img convert', 'run:qemu-img create',
                        'run:qemu-storage-daemon', 'attached', 'run:e2fsck',
                        'run:resize2fs', 'run:debugfs', 'xml'):
             self.assertIn(needed, names)
-        expected = {n: _sha256(os.path.join(ref, '_base', n))
-                    for n in os.listdir(os.path.join(ref, '_base'))}
+        self.assertEqual(1, len(templates(ref)), templates(ref))
+        expected = base_digests(ref)
         kills = recovered = 0
         leaked = []
         for step in steps:
@@ -144,8 +175,10 @@ class TestKill(FaultTestCase):
             inst_uuid = str(uuid.uuid4())
             if step.rsplit(' ', 1)[0] not in FETCH_STEPS:
                 # Past the fetch, a spawn finds the bases there; copies
-                # (without the reference run's xattrs) save a download and
-                # conversion per step and keep the step numbering.
+                # (without the reference run's xattrs, so no facts, identity
+                # nor template) save a download and conversion per step and
+                # keep the step numbering: the base check and the template
+                # build happen again.
                 os.makedirs(os.path.join(inst, '_base'))
                 for n in expected:
                     shutil.copyfile(os.path.join(ref, '_base', n),
@@ -160,9 +193,11 @@ class TestKill(FaultTestCase):
                              % (step, err))
             self.assertEqual(os.path.join(inst, inst_uuid, 'disk'),
                              out.strip())
-            base_now = {n: _sha256(os.path.join(inst, '_base', n))
-                        for n in os.listdir(os.path.join(inst, '_base'))}
-            self.assertEqual(expected, base_now, step)
+            self.assertEqual(expected, base_digests(inst), step)
+            # The retry built (or found) the one template, whole.
+            self.assertEqual(1, len(templates(inst)),
+                             "%s: %s" % (step, templates(inst)))
+            self.assertTemplatesComplete(inst)
             self.assertLocksFree(inst)
             self.run_cmd('qemu-img', 'check', '-q', '-f', 'qcow2',
                          out.strip())
@@ -221,9 +256,16 @@ class TestConcurrentBoots(FaultTestCase):
             self.run_cmd('qemu-img', 'check', '-q', '-f', 'qcow2', disk)
             self.assertEqual(c.path_for(ami.id), cache_mod.backing_file(disk))
             for part, image in (('kernel', aki), ('ramdisk', ari)):
+                # A private copy (not a link: libvirt chowns it while the
+                # guest runs) naming its base, which counts it as used.
+                copy = os.path.join(inst, u, part)
+                self.assertNotEqual(os.stat(c.path_for(image.id)).st_ino,
+                                    os.stat(copy).st_ino)
+                self.assertEqual(_sha256(c.path_for(image.id)),
+                                 _sha256(copy))
                 self.assertEqual(
-                    os.stat(c.path_for(image.id)).st_ino,
-                    os.stat(os.path.join(inst, u, part)).st_ino)
+                    os.path.basename(c.path_for(image.id)).encode(),
+                    os.getxattr(copy, cache_mod.USED_BASE_XATTR))
             with attach.attached(disk, 'qcow2', self.conf) as tg:
                 tg.run('e2fsck', ['-fn'])
                 keys = inject.GuestFS(tg).read('/root/.ssh/authorized_keys')
@@ -236,6 +278,9 @@ class TestConcurrentBoots(FaultTestCase):
             % (self.N, passes, len(fetched), 3, len(removed), valid, self.N))
         self.assertEqual(sorted([ami.id, aki.id, ari.id]), fetched)
         self.assertEqual([], removed)
+        # One (base, size): one template, built once, whole.
+        self.assertEqual(1, len(templates(inst)), templates(inst))
+        self.assertTemplatesComplete(inst)
         self.assertGreater(passes, 0)
 
 
@@ -258,9 +303,10 @@ class TestDiskFull(FaultTestCase):
         self.assertEqual(0, p.returncode, p.stderr)
         with open(log) as f:
             all_steps = f.read().splitlines()
-        # Each kind of step once: its last occurrence (for the tools, the
-        # run on the instance disk rather than on the base's scratch
-        # overlay in /tmp), and the first debugfs run too.
+        # Each kind of step once: its last occurrence (for e2fsck and
+        # resize2fs, the run on the grown template being built under
+        # <instances>/amiboot-check-*; for the others the run on the
+        # instance disk), and the first debugfs run too.
         last = {}
         for step in all_steps:
             last[step.rsplit(' ', 1)[0]] = step
@@ -268,8 +314,7 @@ class TestDiskFull(FaultTestCase):
         steps = [s for s in all_steps if s in last.values()]
         steps.insert(-1, [s for s in all_steps
                           if s.startswith('run:debugfs')][0])
-        expected = {n: _sha256(os.path.join(ref, '_base', n))
-                    for n in os.listdir(os.path.join(ref, '_base'))}
+        expected = base_digests(ref)
         small = self.scratch('small')
         os.makedirs(small)
         subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=192m', 'tmpfs',
@@ -304,13 +349,12 @@ class TestDiskFull(FaultTestCase):
                 # Nothing needed more space after that step.
                 self.assertEqual(0, rc, err)
                 outcomes.append('%s: prepared' % step)
-            # Nothing partial: complete, checked bases or none.
-            names = os.listdir(os.path.join(inst, '_base'))
-            for n in names:
-                if n not in expected or \
-                        _sha256(os.path.join(inst, '_base', n)) != \
-                        expected[n]:
+            # Nothing partial: complete, checked bases or none; whole
+            # templates or none.
+            for n, digest in base_digests(inst).items():
+                if expected.get(n) != digest:
                     partial += 1
+            self.assertTemplatesComplete(inst)
             self.assertEqual([], self.leftovers(inst, {pid}), step)
             os.unlink(filler)
             pid, rc, _out, err = self.drive(inst, ami, str(uuid.uuid4()))

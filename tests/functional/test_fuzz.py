@@ -233,11 +233,17 @@ class TestFuzz(base.RealToolsTestCase):
                                               self.instances)
         if daemons:
             found.append('qemu-storage-daemon %s' % daemons)
-        mine = [d for d in _scratch_dirs() - scratch_before
+        # Scratch dirs in /tmp (exports) and in the instances dir (base
+        # checks, grown template builds).
+        mine = [d for d in (_scratch_dirs() - scratch_before) | set(
+                glob.glob(os.path.join(self.instances, 'amiboot-check-*')))
                 if faults.owner_pid(d) == os.getpid()]
         if mine:
             found.append('scratch dirs %s' % mine)
         parts = [n for n in self.base_dir_entries() if '.part' in n]
+        tdir = os.path.join(self.instances, '_base', 'amiboot-grown')
+        if os.path.isdir(tdir):
+            parts += [n for n in os.listdir(tdir) if '.part' in n]
         if parts:
             found.append('partial files %s' % parts)
         return found

@@ -13,7 +13,8 @@ production code carries no hook. Environment:
 
 Steps: ``download`` (first chunk written), ``inspect``, ``run:<tool>``
 (the tool started and still running: qemu-img info/convert/create,
-qemu-storage-daemon, blkid, e2fsck, resize2fs, debugfs), ``attached``
+qemu-storage-daemon through nova_amiboot.utils.execute; blkid, e2fsck,
+resize2fs, debugfs, dumpe2fs through the e2fs runner), ``attached``
 (the FUSE export is up), ``xml`` (libvirt.xml written, not yet renamed
 into place), ``define`` (the domain defined).
 """
@@ -21,6 +22,7 @@ into place), ``define`` (the domain defined).
 import collections
 import os
 import signal
+import subprocess
 
 
 def _install():
@@ -30,6 +32,7 @@ def _install():
     from nova_amiboot import cache
     from nova_amiboot import guest
     from nova_amiboot import safety
+    from nova_amiboot.privileged import e2fs
     from nova_amiboot import utils
 
     log = os.environ.get('AMIBOOT_FAULT_LOG')
@@ -98,6 +101,31 @@ def _install():
         return result
 
     utils.execute = execute
+
+    # e2fsprogs (e2fsck, resize2fs, debugfs, blkid, dumpe2fs) run through
+    # e2fs's own bounded runner, not utils.execute; same step names.
+    real_bounded = e2fs._bounded
+    real_popen = e2fs.subprocess.Popen
+
+    class DyingPopen(real_popen):
+        # Die with the tool started (its stdin script possibly unread):
+        # it is orphaned mid-work, as with execute above.
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            die()
+
+    class DyingSubprocess(object):
+        Popen = DyingPopen
+
+        def __getattr__(self, name):
+            return getattr(subprocess, name)
+
+    def bounded(cmd, *args, **kwargs):
+        if reached('run:' + os.path.basename(cmd[0])):
+            e2fs.subprocess = DyingSubprocess()
+        return real_bounded(cmd, *args, **kwargs)
+
+    e2fs._bounded = bounded
 
     class Writer(cache._HashingWriter):
         def write(self, chunk):
