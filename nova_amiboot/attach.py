@@ -161,7 +161,8 @@ def _fuse(disk, fmt, timeout):
         # --daemonize returns only once the export is set up (or failed),
         # so there is no mount to poll for.
         try:
-            utils.execute(
+            # On every spawn's path: see execute_quick.
+            utils.execute_quick(
                 'qemu-storage-daemon',
                 # e2fsprogs fsync often; each would be a qcow2 flush and an
                 # fdatasync of the disk. Ignore them and sync once at the
@@ -184,6 +185,10 @@ def _fuse(disk, fmt, timeout):
     finally:
         if pid:
             _stop_daemon(pid, mnt, timeout)
+        else:
+            # A start that timed out or failed midway may still have left
+            # a daemon (and its pidfile) behind.
+            _release_stale_export(workdir)
         shutil.rmtree(workdir, ignore_errors=True)
     # The daemon wrote everything to the page cache when it stopped; make
     # it durable before anyone boots from the disk.

@@ -160,8 +160,7 @@ class ImageCache(object):
                 # Re-inspect on every use: a base that entered the cache
                 # under older rules must not be trusted forever.
                 claimed = 'raw' if disk_format == 'qcow2' else disk_format
-                safety.recheck(path, claimed, image_id)
-                os.utime(path)
+                safety.recheck(path, claimed, image_id, touch=True)
                 self._pin(path)
                 return CachedImage(image_id, path, 'raw',
                                    os.path.getsize(path))

@@ -12,12 +12,14 @@ from nova_amiboot import utils
 LOG = logging.getLogger(__name__)
 
 
-def create(base, path, size, mode='overlay', instance='?', image='?'):
+def create(base, path, size, mode='overlay', instance='?', image='?',
+           cluster_size=None):
     """Make the instance disk at ``path`` with ``size`` bytes.
 
     Returns the disk format ('qcow2' or 'raw'). Refuses a size smaller than
     the base (the AMI's filesystem would not fit). Nothing is left at
-    ``path`` on failure.
+    ``path`` on failure. ``cluster_size``: of the overlay (qemu-img's
+    default when None).
     """
     needed = os.path.getsize(base)
     if size < needed:
@@ -29,9 +31,11 @@ def create(base, path, size, mode='overlay', instance='?', image='?'):
     try:
         if mode == 'overlay':
             # -F raw: the backing format is stated, never probed.
+            opts = 'backing_file=%s,backing_fmt=raw' % base
+            if cluster_size:
+                opts += ',cluster_size=%d' % int(cluster_size)
             utils.execute('qemu-img', 'create', '-q', '-f', 'qcow2',
-                          '-o', 'backing_file=%s,backing_fmt=raw' % base,
-                          path, str(size))
+                          '-o', opts, path, str(size))
             return 'qcow2'
         # Parity with nova's Flat backend: a full raw copy, then grown.
         shutil.copyfile(base, path)

@@ -172,7 +172,8 @@ def grown_disk(base, dest, size, facts, conf, lock, instance='?',
                image='?'):
     """Make ``dest`` a qcow2 overlay of ``base`` already grown to ``size``.
 
-    Returns the template's facts ({'selinux': bool}) or None when no
+    Returns the template's facts ({'selinux': bool, 'known': record of
+    inject.GuestFS.remember()}) or None when no
     template can be used here (no identity on the base): the caller then
     makes and grows the disk itself. ``lock``: a context manager factory
     for the base's cache lock, held while a template is built (the base
@@ -242,14 +243,19 @@ def _build_template(base, tpl, size, facts, conf, instance, image):
     scratch = utils.owned_tempdir(_CHECK_PREFIX, dir=instances)
     tmp = os.path.join(scratch, 'disk')
     try:
-        fmt = disk.create(base, tmp, size, instance=instance, image=image)
+        fmt = disk.create(base, tmp, size, instance=instance, image=image,
+                          cluster_size=conf.amiboot.overlay_cluster_size)
         with attach.attached(tmp, fmt, conf) as target:
             grow(target, instance=instance, image=image,
                  fstype=facts['fstype'], checked=facts['clean'])
-            selinux = inject.GuestFS(target, instance=instance).is_dir(
-                '/etc/selinux')
+            fs = inject.GuestFS(target, instance=instance)
+            selinux = fs.is_dir('/etc/selinux')
+            # What every instance would read first (its authorized_keys):
+            # the same in every copy, so read here once.
+            known = fs.remember()
         os.setxattr(tmp, _TEMPLATE_XATTR,
-                    json.dumps({'selinux': selinux}).encode())
+                    json.dumps({'selinux': selinux,
+                                'known': known}).encode())
         # Shared by every instance of this (base, size): read-only.
         os.chmod(tmp, 0o444)
         with open(tmp, 'rb') as f:

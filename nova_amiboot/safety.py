@@ -16,7 +16,9 @@ elsewhere; a bzImage's boot sector (0x55AA) makes the inspector say "gpt",
 which is harmless for a kernel and accepted.
 """
 
+import collections
 import json
+import os
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
@@ -86,14 +88,47 @@ def _detect(path, claimed, image):
     return inspector, detected
 
 
-def recheck(path, claimed, image):
+# Bases that passed recheck() in this process, by what identifies their
+# bytes: the same file unchanged need not be read again. Any write to a
+# file moves its ctime, which only root can set back, and only root
+# writes in the cache.
+_RECHECKED = collections.OrderedDict()
+_RECHECKED_MAX = 512
+
+
+def _identity(path, claimed):
+    st = os.stat(path)
+    return (path, claimed, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns)
+
+
+def recheck(path, claimed, image, touch=False):
     """Re-inspect a base already in the cache (headers only, in-process).
 
     The full check, qemu-img included, ran when the base was fetched; this
     catches a base that entered the cache under older rules
-    (CVE-2024-40767) without a qemu-img run on every spawn.
+    (CVE-2024-40767) without a qemu-img run on every spawn. A base found
+    good is not read again in this process until it changes. ``touch``:
+    then set its times to now (the cache's mark of use), which is not a
+    change of its bytes.
     """
-    _detect(path, claimed, image)
+    try:
+        key = _identity(path, claimed)
+    except OSError:
+        key = None
+    if key is None or key not in _RECHECKED:
+        _detect(path, claimed, image)
+    _RECHECKED.pop(key, None)
+    if touch:
+        os.utime(path)
+        try:
+            key = _identity(path, claimed)
+        except OSError:
+            key = None
+    if key is not None:
+        _RECHECKED[key] = True
+        while len(_RECHECKED) > _RECHECKED_MAX:
+            _RECHECKED.popitem(last=False)
 
 
 def inspect(path, claimed, image, conf):

@@ -129,12 +129,14 @@ def _wants(req, conf):
                            ('user data', req.user_data)) if v]
 
 
-def customise(target, req, conf, facts, grown=False, selinux=None):
+def customise(target, req, conf, facts, grown=False, selinux=None,
+              known=None):
     """Grow and inject on an attached disk; return True if grown.
 
     ``facts``: grow.base_facts() of the base the disk was made from.
     ``grown``: the disk is a grown template's copy (nothing to grow).
     ``selinux``: whether the image has /etc/selinux, when known already.
+    ``known``: the template's record of files read already (its 'known').
     """
     fstype = facts['fstype']
     is_ext = fstype in grow.EXT_TYPES
@@ -149,7 +151,7 @@ def customise(target, req, conf, facts, grown=False, selinux=None):
             instance=req.name, what=', '.join(wants),
             reason="filesystem %s of image %s cannot be written from user "
                    "space (ext2/3/4 only)" % (fstype, req.image_id))
-    fs = inject.GuestFS(target, instance=req.name)
+    fs = inject.GuestFS(target, instance=req.name, known=known)
     if req.key and conf.amiboot.inject_key:
         inject.inject_key(fs, req.key)
     if req.hostname and conf.amiboot.inject_hostname:
@@ -244,7 +246,8 @@ def make_disk(conf, cache, req, root, facts, path):
         if tfacts is not None:
             return 'qcow2', tfacts
     fmt = disk_mod.create(root.path, path, size, mode=conf.amiboot.disk_mode,
-                          instance=req.name, image=req.image_id)
+                          instance=req.name, image=req.image_id,
+                          cluster_size=conf.amiboot.overlay_cluster_size)
     return fmt, None
 
 
@@ -302,7 +305,8 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
                                  method=attach_method) as tg:
                 grown = customise(
                     tg, req, conf, facts, grown=tfacts is not None,
-                    selinux=(tfacts or {}).get('selinux'))
+                    selinux=(tfacts or {}).get('selinux'),
+                    known=(tfacts or {}).get('known'))
         timings['customise'] = time.monotonic() - t
         kpath = os.path.join(idir, 'kernel')
         rpath = os.path.join(idir, 'ramdisk')

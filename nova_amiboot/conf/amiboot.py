@@ -49,6 +49,19 @@ disk_opts = [
                help="""
 How the instance root disk is made from the cached AMI base.
 """),
+    cfg.IntOpt('overlay_cluster_size',
+               default=16384,
+               choices=[2 ** n for n in range(12, 22)],
+               help="""
+qcow2 cluster size, in bytes, of the instance disks made in overlay mode (and
+of the grown templates they are copied from). What an instance disk holds of
+its own is counted in clusters: growing the filesystem and injecting a key
+touch metadata blocks all over the disk, and each touched block costs a whole
+cluster. At 16 KiB an instance over a 4 GiB AMI grown to 20 GiB holds about
+3.4 MiB (6.1 MiB at qemu-img's default of 64 KiB). QEMU caches the L2 tables of
+disks up to 64 GiB whole at 16 KiB (32 MiB cache); raise it for larger root
+disks with heavy random writes.
+"""),
     cfg.StrOpt('attach_method',
                default='auto',
                choices=[('auto', 'nbd when /dev/nbd0 exists, else fuse'),

@@ -186,6 +186,20 @@ class TestCache(base.RealToolsTestCase):
         self._qcow2(os.path.join('_base', cache_mod.base_name(ami.id)))
         self.assertRaises(exception.ImageFormatMismatch, c.fetch, ami.id)
 
+    def test_base_changed_in_place_is_reinspected(self):
+        # A base that passed is not read again until it changes: any
+        # change, even one that puts its times back, is inspected again.
+        ami, _aki, _ari = self.add_triplet()
+        c = self.make_cache()
+        path = c.fetch(ami.id).path
+        c.fetch(ami.id)
+        header = self._qcow2('hdr.qcow2')
+        st = os.stat(path)
+        with open(header, 'rb') as src, open(path, 'r+b') as dst:
+            dst.write(src.read(4096))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        self.assertRaises(exception.ImageFormatMismatch, c.fetch, ami.id)
+
     def test_disk_full_leaves_nothing(self):
         small = self.scratch('small')
         os.makedirs(small)

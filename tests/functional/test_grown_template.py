@@ -86,6 +86,74 @@ class TestGrownTemplate(base.RealToolsTestCase):
             self.assertIsNone(inject.GuestFS(tg).read(
                 '/root/.ssh/authorized_keys'))
 
+    def test_overlay_cluster_size(self):
+        ami, _a, _r = self.add_triplet()
+        p = self.prepare(self.request(ami.id))
+        tpl = os.path.join(self.instances, '_base', grow.TEMPLATE_DIR,
+                           self.templates()[0])
+        for path in (p.disk, tpl):
+            self.assertEqual(16384, self.qemu_info(path)['cluster-size'])
+        self.conf.set_override('overlay_cluster_size', 65536, 'amiboot')
+        p = self.prepare(self.request(ami.id, root_gb=3))
+        self.assertEqual(65536, self.qemu_info(p.disk)['cluster-size'])
+
+    def _image_with_keys(self, content):
+        root = self.scratch('keys.img')
+        self.run_cmd('cp', '--sparse=always', self.testbed['root'], root)
+        with attach.attached(root, 'raw', self.conf) as tg:
+            inject.GuestFS(tg).write('/root/.ssh/authorized_keys', content,
+                                     mode=0o600)
+        return root
+
+    def tpl_record(self):
+        tpl = os.path.join(self.instances, '_base', grow.TEMPLATE_DIR,
+                           self.templates()[0])
+        return tpl, json.loads(os.getxattr(tpl, 'user.amiboot.template'))
+
+    def test_template_remembers_authorized_keys(self):
+        # What the image holds already is read once, at the template, and
+        # every instance's key is appended to exactly that.
+        old = b'ssh-rsa AAAAB3Old old@image\n'
+        ami, _a, _r = self.add_triplet(root=self._image_with_keys(old))
+        p1 = self.prepare(self.request(ami.id))
+        _tpl, facts = self.tpl_record()
+        rec = facts['known']['/root/.ssh/authorized_keys']
+        self.assertEqual(old.hex(), rec['content'])
+        self.assertEqual(['/root', '/root/.ssh',
+                          '/root/.ssh/authorized_keys'],
+                         [p for p, _i in rec['parts']])
+        p2 = self.prepare(self.request(ami.id,
+                                       key=KEY.replace('Template', 'Two')))
+        for p, key in ((p1, KEY), (p2, KEY.replace('Template', 'Two'))):
+            keys = self.fs_bytes(p)[1]
+            self.assertTrue(keys.startswith(old), keys)
+            self.assertTrue(keys.endswith(key.encode() + b'\n'), keys)
+
+    def test_bad_template_record_is_not_used(self):
+        # A record that does not hold together is ignored: the file is
+        # read from the disk as without one.
+        ami, _a, _r = self.add_triplet()
+        self.prepare(self.request(ami.id, key=None))
+        tpl, facts = self.tpl_record()
+        rec = facts['known']['/root/.ssh/authorized_keys']
+        # The image has no authorized_keys: its last part is absent.
+        self.assertIsNone(rec['content'])
+        self.assertIsNone(rec['parts'][-1][1])
+        for bad in ({'parts': rec['parts'], 'content': b'x'.hex()},
+                    {'parts': rec['parts'][:-1], 'content': None},
+                    {'parts': [[p, [1, 2]] for p, _i in rec['parts']],
+                     'content': None},
+                    'nonsense'):
+            facts['known'] = {'/root/.ssh/authorized_keys': bad}
+            os.chmod(tpl, 0o644)
+            os.setxattr(tpl, 'user.amiboot.template',
+                        json.dumps(facts).encode())
+            os.chmod(tpl, 0o444)
+            p = self.prepare(self.request(ami.id))
+            self.assertEqual(
+                (inject.KEY_MARKER + '\n' + KEY + '\n').encode(),
+                self.fs_bytes(p)[1])
+
     def test_replaced_base_never_meets_old_template(self):
         ami, _a, _r = self.add_triplet()
         cache = self.make_cache()

@@ -1,4 +1,4 @@
-"""utils.execute: time limits and one-line errors, on real commands."""
+"""utils.execute(_quick): time limits and one-line errors, real commands."""
 
 import os
 import time
@@ -9,11 +9,12 @@ from nova_amiboot import utils
 
 
 class TestExecute(unittest.TestCase):
+    execute = staticmethod(utils.execute)
 
     def test_timeout_kills_the_command(self):
         t = time.monotonic()
         with self.assertRaises(exception.CommandTimeout) as cm:
-            utils.execute('sleep', '60', timeout=1)
+            self.execute('sleep', '60', timeout=1)
         self.assertLess(time.monotonic() - t, 30)
         self.assertIn('within 1 seconds', str(cm.exception))
         # A CommandFailed: callers that map tool failures map this too.
@@ -21,7 +22,7 @@ class TestExecute(unittest.TestCase):
 
     def test_no_orphan_after_timeout(self):
         with self.assertRaises(exception.CommandTimeout):
-            utils.execute('sleep', '60', timeout=1)
+            self.execute('sleep', '60', timeout=1)
         time.sleep(0.2)
         alive = []
         for pid in filter(str.isdigit, os.listdir('/proc')):
@@ -40,10 +41,26 @@ class TestExecute(unittest.TestCase):
 
     def test_error_is_one_bounded_line(self):
         with self.assertRaises(exception.CommandFailed) as cm:
-            utils.execute('sh', '-c', 'printf "a\\nb\\n\\tc" >&2; '
-                          'head -c 4000 /dev/zero | tr "\\0" x >&2; exit 3')
+            self.execute('sh', '-c', 'printf "a\\nb\\n\\tc" >&2; '
+                         'head -c 4000 /dev/zero | tr "\\0" x >&2; exit 3')
         msg = str(cm.exception)
         self.assertNotIn('\n', msg)
         self.assertIn('a b c', msg)
         self.assertIn('exit code 3', msg)
         self.assertLess(len(msg), 700)
+
+
+class TestExecuteQuick(TestExecute):
+    execute = staticmethod(utils.execute_quick)
+
+    def test_default_sigpipe_in_the_child(self):
+        # Python ignores SIGPIPE; a child that inherited that would see
+        # EPIPE and complain where a shell pipeline is normally quiet.
+        out, err = utils.execute_quick(
+            'sh', '-c', 'yes | head -c 1 >/dev/null; echo done', timeout=30)
+        self.assertEqual('done\n', out)
+        self.assertEqual('', err)
+
+    def test_missing_tool(self):
+        self.assertRaises(exception.ToolMissing, utils.execute_quick,
+                          'no-such-tool-amiboot', timeout=5)

@@ -13,7 +13,7 @@ production code carries no hook. Environment:
 
 Steps: ``download`` (first chunk written), ``inspect``, ``run:<tool>``
 (the tool started and still running: qemu-img info/convert/create,
-qemu-storage-daemon through nova_amiboot.utils.execute; blkid, e2fsck,
+qemu-storage-daemon through nova_amiboot.utils.execute(_quick); blkid, e2fsck,
 resize2fs, debugfs, dumpe2fs through the e2fs runner), ``attached``
 (the FUSE export is up), ``xml`` (libvirt.xml written, not yet renamed
 into place), ``define`` (the domain defined).
@@ -101,6 +101,21 @@ def _install():
         return result
 
     utils.execute = execute
+    real_quick = utils.execute_quick
+
+    def execute_quick(*cmd, **kwargs):
+        if reached('run:' + os.path.basename(cmd[0])):
+            # Die with the tool running, as above.
+            subprocess.Popen([str(c) for c in cmd],
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+            die()
+        result = real_quick(*cmd, **kwargs)
+        if cmd[0] == 'qemu-storage-daemon' and reached('attached'):
+            die()
+        return result
+
+    utils.execute_quick = execute_quick
 
     # e2fsprogs (e2fsck, resize2fs, debugfs, blkid, dumpe2fs) run through
     # e2fs's own bounded runner, not utils.execute; same step names.
