@@ -18,6 +18,7 @@ import errno
 import functools
 import os
 import shutil
+import threading
 import time
 
 from oslo_concurrency import lockutils
@@ -92,6 +93,30 @@ def _private_copy(src, dst):
                     os.path.basename(src).encode())
     except OSError as e:
         LOG.debug("Cannot mark %s as a copy of %s: %s", dst, src, e)
+
+
+class _Background(object):
+    """Run ``fn`` in a thread now; result() joins and re-raises."""
+
+    def __init__(self, fn):
+        self._error = None
+
+        def run():
+            try:
+                fn()
+            except BaseException as e:
+                self._error = e
+        self._thread = threading.Thread(target=run, daemon=True,
+                                        name='amiboot-copy')
+        self._thread.start()
+
+    def wait(self):
+        self._thread.join()
+
+    def result(self):
+        self.wait()
+        if self._error is not None:
+            raise self._error
 
 
 def fetch_triplet(cache, image_id, flavor=None, instance='?'):
@@ -290,6 +315,13 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
 
     idir = os.path.join(cache.instances_path, req.uuid)
     _claim_instance_dir(idir, req)
+    kpath = os.path.join(idir, 'kernel')
+    rpath = os.path.join(idir, 'ramdisk')
+    # The kernel and ramdisk copies (some MiB) need no disk: they run
+    # while the disk is attached and written (the tools run as other
+    # processes), off the critical path.
+    copies = _Background(lambda: (_private_copy(kernel.path, kpath),
+                                  _private_copy(ramdisk.path, rpath)))
     try:
         t = time.monotonic()
         disk = os.path.join(idir, 'disk')
@@ -308,10 +340,7 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
                     selinux=(tfacts or {}).get('selinux'),
                     known=(tfacts or {}).get('known'))
         timings['customise'] = time.monotonic() - t
-        kpath = os.path.join(idir, 'kernel')
-        rpath = os.path.join(idir, 'ramdisk')
-        _private_copy(kernel.path, kpath)
-        _private_copy(ramdisk.path, rpath)
+        copies.result()
         log = os.path.join(idir, 'console.log')
         spec = domain.DomainSpec(
             name=req.domain_name or req.name, uuid=req.uuid,
@@ -332,6 +361,8 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
             os.fsync(f.fileno())
         os.replace(xml_path + '.part', xml_path)
     except BaseException as e:
+        # Not removed under a copy still writing into it.
+        copies.wait()
         shutil.rmtree(idir, ignore_errors=True)
         if _disk_full(e):
             # Whichever tool met it (qemu-img, the FUSE export under
