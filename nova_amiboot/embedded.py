@@ -28,6 +28,7 @@ from nova_amiboot import cache as cache_mod
 from nova_amiboot import domain
 from nova_amiboot import exception
 from nova_amiboot import guest
+from nova_amiboot import hostcheck
 from nova_amiboot import images
 from nova_amiboot.privileged import nbd as priv_nbd
 from nova_amiboot.privileged import net as priv_net
@@ -428,6 +429,7 @@ class LocalCloud(object):
             image=meta.name)
         key = read_key_file(key_file, name) if key_file else None
         self._check_domain_name(name)
+        virt_type = self.virt_type_for(meta)
         inst_uuid = str(uuid_mod.uuid4())
         owner = domain.Owner(self.state_dir, inst_uuid)
         taps = []
@@ -438,7 +440,8 @@ class LocalCloud(object):
                 image_id=meta.id,
                 flavor=flavor, key=key, hostname=name, user_data=user_data,
                 boot_params=tuple(params), network=net)
-            prepared = spawn.prepare(self.conf, self.cache, req)
+            prepared = spawn.prepare(self.conf, self.cache, req,
+                                     virt_type=virt_type)
             xml = domain.set_owner(prepared.xml, owner, name)
             with open(os.path.join(prepared.instance_dir, 'libvirt.xml'),
                       'w') as f:
@@ -470,6 +473,24 @@ class LocalCloud(object):
             raise
         inst.state = self._state(inst)
         return inst
+
+    def virt_type_for(self, meta):
+        """The domain type to boot image ``meta`` with.
+
+        ``[amiboot] virt_type = auto`` is decided here (hostcheck; the
+        verdict is remembered per host), so every caller of boot() gets a
+        type libvirt knows, not only the command line.
+        """
+        kernel = None
+        if meta.kernel_id:
+            path = os.path.join(self.store.path, meta.kernel_id)
+            kernel = path if os.path.exists(path) else None
+        chosen, why = hostcheck.choose_virt_type(
+            self.conf.amiboot.virt_type, self.host.conn, kernel,
+            self.state_dir)
+        if chosen is None:
+            raise exception.InvalidInput(reason=why)
+        return chosen
 
     def _check_domain_name(self, name):
         """Refuse a name whose libvirt domain exists (from anywhere)."""

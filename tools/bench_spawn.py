@@ -492,7 +492,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--runs', type=int, default=7)
     p.add_argument('--flavor-gb', type=int, default=20)
-    p.add_argument('--size-runs', type=int, default=3)
+    p.add_argument('--size-runs', type=int, default=5)
     p.add_argument('--sizes', default='64,256,1024,4096',
                    help="AMI sizes in MiB for the size curve")
     p.add_argument('--cold-mb', type=int, default=1024,

@@ -473,16 +473,7 @@ def preflight(cloud, image):
     if check.status != 'OK':
         raise exception.InvalidInput(reason="%s; fix: %s" % (check.detail,
                                                              check.fix))
-    meta = cloud.find_image(image)
-    kernel = None
-    if meta.kernel_id:
-        path = os.path.join(cloud.store.path, meta.kernel_id)
-        kernel = path if os.path.exists(path) else None
-    chosen, why = hostcheck.choose_virt_type(
-        cloud.conf.amiboot.virt_type, cloud.host.conn, kernel,
-        cloud.state_dir)
-    if chosen is None:
-        raise exception.InvalidInput(reason=why)
+    chosen = cloud.virt_type_for(cloud.find_image(image))
     cloud.conf.set_override('virt_type', chosen, group='amiboot')
     return chosen
 

@@ -240,3 +240,30 @@ class TestHostileBootParameters(OwnerTestCase):
         self.assertFalse([w for w in words
                           if w.split('=')[0] in ('init', 'rdinit')])
         self.amiboot('delete', self.name)
+
+
+class TestLocalCloudVirtType(ScopedLeakCheck, base.RealToolsTestCase):
+    """[amiboot] virt_type = auto outside the command line."""
+
+    def test_boot_decides_auto(self):
+        from nova_amiboot import embedded
+        from nova_amiboot import hostcheck
+        from nova_amiboot import spawn
+
+        self.conf.set_override('virt_type', 'auto', 'amiboot')
+        state = self.scratch('state-auto')
+        cloud = embedded.LocalCloud(self.conf, state)
+        self.addCleanup(cloud.close)
+        tb = self.testbed
+        cloud.import_triplet('tb', tb['kernel'], tb['ramdisk'], tb['root'])
+        name = 'auto-' + uuid.uuid4().hex[:8]
+        inst = cloud.boot(name, 'tb', spawn.Flavor('t', 1, 256, 1),
+                          network='none', start=False)
+        self.addCleanup(cloud.delete, name)
+        kernel = os.path.join(cloud.store.path,
+                              cloud.find_image('tb').kernel_id)
+        want = hostcheck.choose_virt_type('auto', cloud.host.conn, kernel,
+                                          state)[0]
+        dom = cloud.host.lookup(embedded.DOMAIN_PREFIX + inst.name)
+        self.assertIn(want, ('kvm', 'qemu'))
+        self.assertIn("<domain type='%s'" % want, dom.XMLDesc(0))
