@@ -18,10 +18,12 @@ import tempfile
 import warnings
 
 import fixtures
+from lxml import etree
 from nova import context as nova_context
 import nova.privsep as nova_privsep
 from nova.tests.functional.libvirt import base as libvirt_base
 from nova.virt.libvirt import driver as nova_driver
+from nova.virt.libvirt import host as nova_host
 from nova.virt.libvirt import imagebackend as nova_imagebackend
 from nova.virt.libvirt import utils as nova_libvirt_utils
 from oslo_utils.fixture import uuidsentinel as uuids
@@ -91,6 +93,18 @@ class AmiServersBase(libvirt_base.ServersTestBase):
         self.useFixture(fixtures.MonkeyPatch(
             'nova.virt.libvirt.driver.LibvirtDriver._get_guest_xml',
             record_guest_xml))
+        # The XML as it reaches libvirt (after our driver's changes): the
+        # last definition of each domain, by uuid.
+        self.defined_xml = {}
+        real_write = nova_host.Host.write_instance_config
+
+        def record_defined_xml(host, xml):
+            uuid = etree.fromstring(xml.encode()).findtext('uuid')
+            self.defined_xml[uuid] = xml
+            return real_write(host, xml)
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.libvirt.host.Host.write_instance_config',
+            record_defined_xml))
         wrapper.register()
         # Root here: nova's and our privileged calls run in-process instead
         # of through a privsep daemon (nova's fixtures forbid starting one).
@@ -168,6 +182,28 @@ class AmiServersBase(libvirt_base.ServersTestBase):
 
     def _domain_xml(self, server):
         return self.guest_xml[server['id']]
+
+    def _backing_stores(self, server):
+        """{disk file: its <backingStore>} in the XML libvirt was given."""
+        dom = etree.fromstring(self.defined_xml[server['id']].encode())
+        return {d.find('source').get('file'): d.find('backingStore')
+                for d in dom.iterfind('devices/disk')
+                if d.find('source') is not None}
+
+    def assertBaseUnlabelled(self, server, disk, base):
+        """``disk``'s raw base is stated and left alone by libvirt's DAC."""
+        store = self._backing_stores(server).get(disk)
+        self.assertIsNotNone(store, 'no <backingStore> for %s' % disk)
+        self.assertEqual('file', store.get('type'))
+        self.assertEqual('raw', store.find('format').get('type'))
+        self.assertEqual(base, store.find('source').get('file'))
+        labels = store.findall('source/seclabel')
+        self.assertEqual([('dac', 'no')],
+                         [(s.get('model'), s.get('relabel')) for s in labels])
+        # The chain ends at the raw base.
+        end = store.find('backingStore')
+        self.assertIsNotNone(end)
+        self.assertEqual(0, len(end))
 
 
 class TestAmiServers(AmiServersBase):
