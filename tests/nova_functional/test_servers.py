@@ -32,6 +32,7 @@ from sqlalchemy import exc as sqla_exc
 from nova_amiboot import attach
 from nova_amiboot import cache as cache_mod
 from nova_amiboot.conf import CONF
+from nova_amiboot import grow
 from nova_amiboot import inject
 from nova_amiboot import privileged
 from nova_amiboot.virt import compute as wrapper
@@ -303,3 +304,48 @@ class TestAmiServers(AmiServersBase):
             self.assertIsNone(inject.GuestFS(target).read(
                 '/root/.ssh/authorized_keys'))
         self.assertNotIn('<kernel>', self._domain_xml(server))
+
+    def test_second_server_copies_the_grown_template(self):
+        # Every filesystem growth, counted (the real one runs).
+        grows = []
+        real_grow = grow.grow
+
+        def counting_grow(*args, **kwargs):
+            grows.append(args)
+            return real_grow(*args, **kwargs)
+        self.useFixture(fixtures.MonkeyPatch('nova_amiboot.grow.grow',
+                                             counting_grow))
+        tdir = os.path.join(CONF.instances_path, '_base', grow.TEMPLATE_DIR)
+        first = self._boot('ami', key_name='k1')
+        # The first server of (image, 1 GiB) built the template: the only
+        # growth.
+        (name,) = os.listdir(tdir)
+        self.assertTrue(name.startswith(
+            cache_mod.base_name(self.images['ami']) + '-%d-' % GiB), name)
+        tpl = os.stat(os.path.join(tdir, name))
+        self.assertEqual(1, len(grows))
+        second = self._boot('ami', key_name='k1')
+        # The second copied it: no growth of its own, the same template.
+        self.assertEqual(1, len(grows))
+        self.assertEqual([name], os.listdir(tdir))
+        self.assertEqual(tpl.st_ino,
+                         os.stat(os.path.join(tdir, name)).st_ino)
+        for server in (first, second):
+            disk = os.path.join(self._instance_dir(server), 'disk')
+            info = json.loads(subprocess.run(
+                ['qemu-img', 'info', '-U', '-f', 'qcow2', '--output=json',
+                 disk], check=True, capture_output=True, text=True).stdout)
+            self.assertEqual(self._base('ami'),
+                             info['full-backing-filename'])
+            with attach.attached(disk, 'qcow2', CONF) as target:
+                target.run('e2fsck', ['-fn'])
+                out = target.run('dumpe2fs', ['-h'])[0]
+                fields = dict(line.split(':', 1) for line in
+                              out.splitlines() if ':' in line)
+                self.assertEqual(GiB, int(fields['Block count'])
+                                 * int(fields['Block size']))
+                self.assertIn(KEY, inject.GuestFS(target).read(
+                    '/root/.ssh/authorized_keys').decode())
+            # Nothing left of the disk's making.
+            self.assertEqual([], [n for n in os.listdir(CONF.instances_path)
+                                  if n.startswith('amiboot-check-')])
