@@ -237,7 +237,3 @@ class AmibootQcow2(imagebackend.Qcow2):
         LOG.info("AMI disk of %(uuid)s grown from %(old)d to %(new)d bytes"
                  "%(fs)s", {'uuid': inst.uuid, 'old': current, 'new': size,
                             'fs': ' with its filesystem' if grown else ''})
-
-    def remove_disk(self):
-        if os.path.exists(self.path):
-            os.unlink(self.path)
