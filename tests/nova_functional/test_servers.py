@@ -349,3 +349,25 @@ class TestAmiServers(AmiServersBase):
             # Nothing left of the disk's making.
             self.assertEqual([], [n for n in os.listdir(CONF.instances_path)
                                   if n.startswith('amiboot-check-')])
+
+        # Nothing to write (no key, no hostname): the template's copy is
+        # the disk, never attached.
+        attaches = []
+        real_attached = attach.attached
+
+        def counting_attached(*args, **kwargs):
+            attaches.append(args)
+            return real_attached(*args, **kwargs)
+        self.useFixture(fixtures.MonkeyPatch('nova_amiboot.attach.attached',
+                                             counting_attached))
+        self.flags(inject_hostname=False, group='amiboot')
+        third = self._boot('ami')
+        self.assertEqual([], attaches)
+        self.assertEqual(1, len(grows))
+        disk = os.path.join(self._instance_dir(third), 'disk')
+        with real_attached(disk, 'qcow2', CONF) as target:
+            out = target.run('dumpe2fs', ['-h'])[0]
+        fields = dict(line.split(':', 1) for line in out.splitlines()
+                      if ':' in line)
+        self.assertEqual(GiB, int(fields['Block count'])
+                         * int(fields['Block size']))
