@@ -9,11 +9,14 @@ instance is stock nova:
   the filesystem grown to the flavor, the key injected from user space;
 - the kernel command line gets the per-instance boot parameters (metadata
   key ``amiboot_boot_params`` and ``bootparams=`` lines of the user data),
-  through ``[amiboot] allowed_boot_params``, checked before any disk work.
+  through ``[amiboot] allowed_boot_params``, checked before any disk work;
+- the domain XML states the shared raw base under each qcow2 disk, with
+  libvirt's DAC relabelling off for it (see shared_bases_unlabelled).
 """
 
 import base64
 import binascii
+import json
 import os
 import shutil
 
@@ -21,11 +24,14 @@ from nova import exception as nova_exception
 from nova import objects
 from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import utils as libvirt_utils
+from lxml import etree
 from oslo_log import log as logging
 
 from nova_amiboot.conf import CONF
 from nova_amiboot import domain
 from nova_amiboot import embedded
+from nova_amiboot import exception
+from nova_amiboot import utils
 from nova_amiboot.virt import errors
 from nova_amiboot.virt import imagebackend
 
@@ -54,6 +60,63 @@ def os_command_line(instance):
     if props.obj_attr_is_set('os_command_line'):
         return props.os_command_line
     return None
+
+
+def _shared_base(disk_path, base_dir):
+    """The raw base in ``base_dir`` under qcow2 ``disk_path``, or None.
+
+    Read from the qcow2 header (written by nova or by us, never by the
+    guest), without opening the backing file: a hard reboot writes the XML
+    before it fetches a base that was aged out. Only a raw file directly in
+    the image cache directory qualifies (resolved, no symlink): the chain
+    then ends at it, which is what the empty <backingStore/> states.
+    """
+    try:
+        out, _err = utils.execute('qemu-img', 'info', '-U', '-f', 'qcow2',
+                                  '--output=json', disk_path)
+        info = json.loads(out)
+    except (exception.AmibootException, ValueError) as e:
+        LOG.warning("Cannot read the backing file of %(disk)s: %(err)s",
+                    {'disk': disk_path, 'err': e})
+        return None
+    backing = info.get('full-backing-filename')
+    if not backing or info.get('backing-filename-format') != 'raw':
+        return None
+    if (os.path.islink(backing)
+            or os.path.dirname(os.path.realpath(backing))
+            != os.path.realpath(base_dir)
+            or (os.path.lexists(backing) and not os.path.isfile(backing))):
+        return None
+    return backing
+
+
+def shared_bases_unlabelled(xml, base_dir, instance='?'):
+    """``xml`` with the raw base of each qcow2 file disk stated, unlabelled.
+
+    nova writes the overlay's <source> only, so libvirt probes the chain
+    and its DAC driver chowns every file of it to the QEMU user while the
+    guest runs: the raw base in _base, shared by every instance of the
+    image, would be writable by each guest's QEMU. The <backingStore> of
+    domain.add_backing_store (as the amiboot command writes for its own
+    domains) keeps the base root-owned and read-only; only the instance's
+    own overlay is relabelled.
+    """
+    dom = etree.fromstring(xml.encode('utf-8'),
+                           etree.XMLParser(resolve_entities=False,
+                                           no_network=True))
+    disks = []
+    for disk in dom.iterfind('devices/disk'):
+        drv, src = disk.find('driver'), disk.find('source')
+        if (disk.get('type') == 'file' and drv is not None
+                and drv.get('type') == 'qcow2' and src is not None
+                and src.get('file') and os.path.exists(src.get('file'))):
+            disks.append(src.get('file'))
+    for path in disks:
+        base = _shared_base(path, base_dir)
+        if base:
+            xml = domain.add_backing_store(xml, path, base,
+                                           instance=instance)
+    return xml
 
 
 class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
@@ -87,6 +150,22 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
                                      CONF.amiboot.allowed_boot_params,
                                      instance=instance.uuid,
                                      image=instance.image_ref)
+
+    def _create_guest(self, context, xml, instance, *args, **kwargs):
+        # Every domain nova defines for an instance goes through here with
+        # its XML: spawn, hard reboot (and start, resume on host boot),
+        # rescue and unrescue, the finish of a resize or cold migration and
+        # of its revert. (The XML of a live migration and of nova's volume
+        # swap and live snapshot is libvirt's own, which keeps the
+        # <backingStore> given here.)
+        if xml and instance.kernel_id:
+            base_dir = os.path.join(CONF.instances_path,
+                                    CONF.image_cache.subdirectory_name)
+            with errors.as_nova_errors(instance.image_ref):
+                xml = shared_bases_unlabelled(xml, base_dir,
+                                              instance=instance.uuid)
+        return super()._create_guest(context, xml, instance, *args,
+                                     **kwargs)
 
     def _cache_kernel_ramdisk(self, context, instance, kernel_id,
                               ramdisk_id, suffix=''):

@@ -9,8 +9,10 @@ base is missing and ``resize_image`` whenever the flavor is bigger than the
 base. For an AMI root that means:
 
 - no disk: fetch the base through our cache and make the disk (overlay,
-  filesystem grown, key and the rest injected); but the destination of a
-  block live migration gets a plain overlay that libvirt then fills;
+  filesystem grown, key and the rest injected) as the core does: a copy
+  of the base's grown template for this size where there is one, made
+  aside and renamed into place whole; but the destination of a block
+  live migration gets a plain overlay that libvirt then fills;
 - a disk but no base (resize/cold migration to a host without it, evacuate
   on shared storage, hard reboot after the base was aged out): fetch the
   base, leave the disk alone;
@@ -22,6 +24,7 @@ import contextlib
 import contextvars
 import json
 import os
+import shutil
 
 from nova.virt.libvirt import imagebackend
 from oslo_log import log as logging
@@ -38,6 +41,7 @@ from nova_amiboot.virt import errors
 from nova_amiboot.virt import glance
 
 LOG = logging.getLogger(__name__)
+GiB = 1024 ** 3
 
 # Per call of the driver, for the backend objects nova makes on the way
 # (nova passes neither to Image.cache()): the instance whose disk is the
@@ -139,11 +143,12 @@ class AmibootQcow2(imagebackend.Qcow2):
 
     def _create_ami_disk(self, context, size):
         inst = self.instance
+        cache = image_cache(context, inst.trusted_certs)
         # Same base path and lock as nova's Image.cache(): nova's image
         # cache manager sees this base as its own. An image larger than the
         # root disk is refused before it is converted or cached.
-        root = image_cache(context, inst.trusted_certs).fetch(
-            inst.image_ref, 'ami', max_virtual_size=size or None)
+        root = cache.fetch(inst.image_ref, 'ami',
+                           max_virtual_size=size or None)
         size = size or root.virtual_size
         password, files = None, None
         ctx = _INJECTION.get()
@@ -152,27 +157,64 @@ class AmibootQcow2(imagebackend.Qcow2):
                 password = ctx[1].admin_pass
             if CONF.amiboot.inject_files:
                 files = ctx[1].files
-        fmt = disk_mod.create(root.path, self.path, size, mode='overlay',
-                              instance=inst.uuid, image=inst.image_ref)
+        req = spawn.InstanceRequest(
+            uuid=inst.uuid, name=inst.uuid, image_id=inst.image_ref,
+            # The disk's size as nova asks for it: the flavor's root disk
+            # (or the image's own size for a flavor without one).
+            flavor=spawn.Flavor(inst.flavor.name, size // GiB,
+                                inst.flavor.memory_mb, inst.flavor.vcpus),
+            key=inst.key_data, hostname=inst.hostname, password=password)
+        facts = grow.known_facts(root.path)
+        if facts is None:
+            # Once per base: concurrent first spawns wait for one check.
+            with spawn._base_lock(cache, root):
+                facts = grow.base_facts(root.path, CONF)
+        # Made whole in a scratch dir, then renamed into place: nova's
+        # Image.cache() takes any disk that exists as done, so a spawn
+        # killed midway must not leave half a disk at self.path. The
+        # scratch disk is <instances>/amiboot-check-*/disk, a shape the
+        # privileged nbd attach accepts; a killed spawn's dir is reaped.
+        utils.reap_stale_tempdirs(grow._CHECK_PREFIX,
+                                  dir=CONF.instances_path)
+        scratch = utils.owned_tempdir(grow._CHECK_PREFIX,
+                                      dir=CONF.instances_path)
+        tmp = os.path.join(scratch, 'disk')
         try:
-            req = spawn.InstanceRequest(
-                uuid=inst.uuid, name=inst.uuid, image_id=inst.image_ref,
-                flavor=spawn.Flavor(inst.flavor.name, inst.flavor.root_gb,
-                                    inst.flavor.memory_mb,
-                                    inst.flavor.vcpus),
-                key=inst.key_data, hostname=inst.hostname,
-                password=password)
-            facts = grow.base_facts(root.path, CONF)
-            with attach.attached(self.path, fmt, CONF) as target:
-                spawn.customise(target, req, CONF, facts)
-                if files:
-                    inject.inject_files(
-                        inject.GuestFS(target, instance=inst.uuid), files)
-        except BaseException:
-            self.remove_disk()
-            raise
-        LOG.info("AMI disk of %(uuid)s prepared over %(base)s",
-                 {'uuid': inst.uuid, 'base': root.path})
+            fmt, tfacts = self._make_disk(cache, req, root, facts, size, tmp)
+            # A template's copy is grown already: with nothing to write,
+            # no attach at all.
+            if tfacts is None or spawn._wants(req, CONF) or files:
+                with attach.attached(tmp, fmt, CONF) as target:
+                    spawn.customise(target, req, CONF, facts,
+                                    grown=tfacts is not None,
+                                    selinux=(tfacts or {}).get('selinux'))
+                    if files:
+                        inject.inject_files(
+                            inject.GuestFS(target, instance=inst.uuid),
+                            files)
+            utils.fdatasync(tmp)
+            os.rename(tmp, self.path)
+            utils.fsync_dir(os.path.dirname(self.path))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        LOG.info("AMI disk of %(uuid)s prepared over %(base)s%(tpl)s",
+                 {'uuid': inst.uuid, 'base': root.path,
+                  'tpl': ' from its grown template' if tfacts is not None
+                  else ''})
+
+    def _make_disk(self, cache, req, root, facts, size, path):
+        """(format, template facts or None), as spawn.make_disk.
+
+        nova's Qcow2 backend needs a qcow2 overlay over the raw base
+        whatever [amiboot] disk_mode says (that is the amiboot command's),
+        and a grown template is only for a size of whole GiB (a flavor's
+        root disk; without one, the image's own size needs no growth).
+        """
+        if CONF.amiboot.disk_mode == 'overlay' and size % GiB == 0:
+            return spawn.make_disk(CONF, cache, req, root, facts, path)
+        fmt = disk_mod.create(root.path, path, size, mode='overlay',
+                              instance=req.uuid, image=req.image_id)
+        return fmt, None
 
     def resize_image(self, size):
         if not (self._is_ami_instance()
@@ -195,7 +237,3 @@ class AmibootQcow2(imagebackend.Qcow2):
         LOG.info("AMI disk of %(uuid)s grown from %(old)d to %(new)d bytes"
                  "%(fs)s", {'uuid': inst.uuid, 'old': current, 'new': size,
                             'fs': ' with its filesystem' if grown else ''})
-
-    def remove_disk(self):
-        if os.path.exists(self.path):
-            os.unlink(self.path)

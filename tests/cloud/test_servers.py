@@ -7,6 +7,7 @@ server is the point); each says what it expects of a correct cloud.
 """
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -99,6 +100,40 @@ def test_create_reports_key_size_and_param(cloud, server):
     assert re.search(r'AMIBOOT-POWER-BUTTON armed [1-9]', text), text[-2000:]
 
 
+def _assert_base_untouched(cloud, server):
+    """The raw base of the server's disk is root:root 0644 while it runs.
+
+    The base in _base is shared by every server of the image: libvirt must
+    not hand it to the guest's QEMU user (its DAC driver would chown it to
+    libvirt-qemu while the guest runs).
+    """
+    info = cloud.server(server['id'], cloud='amicloud-admin')
+    image = info['image']
+    image_id = image['id'] if isinstance(image, dict) else \
+        image.split('(')[-1].rstrip(')')
+    base = os.path.join(conftest.STATE, 'data/nova/instances/_base',
+                        _base_name(image_id))
+    st = os.stat(base)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o644), (
+        '%s is %d:%d %o while %s runs' % (base, st.st_uid, st.st_gid,
+                                          st.st_mode & 0o7777, info['id']))
+    # The guest runs from an overlay over exactly that base.
+    disk = os.path.join(conftest.STATE, 'data/nova/instances', info['id'],
+                        'disk')
+    out = subprocess.run(['qemu-img', 'info', '-U', '--output=json', disk],
+                         check=True, capture_output=True, text=True).stdout
+    assert json.loads(out)['full-backing-filename'] == base
+
+
+def test_shared_base_stays_root_owned(cloud, server):
+    _ensure_active(cloud, server)
+    # The guest booted and read its disk (its report: the injected key)
+    # while the base is still root's, read-only to everyone else.
+    _, rep, _ = cloud.wait_report(server['id'])
+    _assert_key(rep, server['key'])
+    _assert_base_untouched(cloud, server)
+
+
 def test_denied_boot_param_is_an_error_with_reason(cloud):
     name = 'tier-denied-%d' % os.getpid()
     cloud.run('server', 'create', '--image', IMAGE, '--flavor', 'm1.tiny',
@@ -149,6 +184,7 @@ def test_hard_reboot(cloud, server):
     rep, _ = _new_boot(cloud, server)
     _assert_key(rep, server['key'])
     assert PARAM in rep['cmdline'].split()
+    _assert_base_untouched(cloud, server)
 
 
 def test_soft_reboot(cloud, server):
@@ -195,6 +231,7 @@ def test_resize_up_and_confirm_grows_the_filesystem(cloud, server):
     rep, _ = _new_boot(cloud, server)
     _assert_key(rep, server['key'])
     _assert_root_size(rep, 2)
+    _assert_base_untouched(cloud, server)
 
 
 def test_resize_revert(cloud, server):
@@ -267,6 +304,7 @@ def test_rescue_keeps_the_boot_params(cloud, server):
         # The rescue guest boots the rescue disk with the server's own
         # boot parameters.
         assert PARAM in rep['cmdline'].split()
+        _assert_base_untouched(cloud, server)
     finally:
         _ensure_active(cloud, server)
 

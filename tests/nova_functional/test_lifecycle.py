@@ -580,3 +580,49 @@ class TestLiveMigration(LifecycleBase):
                                               'user.amiboot.disk_format'))
             self.assertEqual(sha256(base),
                              sha256(os.path.join(inst_dir, part)))
+
+
+class TestSharedBases(LifecycleBase):
+    """The shared raw base is left unlabelled by every XML nova defines.
+
+    The raw base in _base is shared by every instance of the image: each
+    XML our driver hands to libvirt states it under the instance's qcow2
+    disk with DAC relabelling off (so it stays root-owned 0644 while guests
+    run), whichever operation wrote the XML.
+    """
+
+    def test_every_xml_leaves_the_base_unlabelled(self):
+        server = self._boot_ami()
+        inst_dir = self._instance_dir(server)
+        disk, base = self._disk(server), self._base('ami')
+
+        def check(*extra):
+            for path in (disk,) + extra:
+                self.assertBaseUnlabelled(server, path, base)
+            st = os.stat(base)
+            self.assertEqual((0, 0, 0o644),
+                             (st.st_uid, st.st_gid, st.st_mode & 0o7777))
+        check()
+
+        self.defined_xml.clear()
+        server = self._reboot_server(server, hard=True)
+        check()
+
+        self.defined_xml.clear()
+        server = self._rescue_server(server)
+        check(os.path.join(inst_dir, 'disk.rescue'))
+        self.defined_xml.clear()
+        server = self._unrescue_server(server)
+        # nova defines the domain saved before the rescue (libvirt's XML).
+        check()
+
+        self.defined_xml.clear()
+        server = self._resize_server(server, self.big)
+        check()
+        self.defined_xml.clear()
+        server = self._revert_resize(server)
+        check()
+
+    def test_other_images_keep_nova_xml(self):
+        server = self._boot('plain', key_name='k1')
+        self.assertIsNone(self._backing_stores(server)[self._disk(server)])

@@ -18,10 +18,12 @@ import tempfile
 import warnings
 
 import fixtures
+from lxml import etree
 from nova import context as nova_context
 import nova.privsep as nova_privsep
 from nova.tests.functional.libvirt import base as libvirt_base
 from nova.virt.libvirt import driver as nova_driver
+from nova.virt.libvirt import host as nova_host
 from nova.virt.libvirt import imagebackend as nova_imagebackend
 from nova.virt.libvirt import utils as nova_libvirt_utils
 from oslo_utils.fixture import uuidsentinel as uuids
@@ -30,6 +32,7 @@ from sqlalchemy import exc as sqla_exc
 from nova_amiboot import attach
 from nova_amiboot import cache as cache_mod
 from nova_amiboot.conf import CONF
+from nova_amiboot import grow
 from nova_amiboot import inject
 from nova_amiboot import privileged
 from nova_amiboot.virt import compute as wrapper
@@ -91,6 +94,18 @@ class AmiServersBase(libvirt_base.ServersTestBase):
         self.useFixture(fixtures.MonkeyPatch(
             'nova.virt.libvirt.driver.LibvirtDriver._get_guest_xml',
             record_guest_xml))
+        # The XML as it reaches libvirt (after our driver's changes): the
+        # last definition of each domain, by uuid.
+        self.defined_xml = {}
+        real_write = nova_host.Host.write_instance_config
+
+        def record_defined_xml(host, xml):
+            uuid = etree.fromstring(xml.encode()).findtext('uuid')
+            self.defined_xml[uuid] = xml
+            return real_write(host, xml)
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.virt.libvirt.host.Host.write_instance_config',
+            record_defined_xml))
         wrapper.register()
         # Root here: nova's and our privileged calls run in-process instead
         # of through a privsep daemon (nova's fixtures forbid starting one).
@@ -168,6 +183,28 @@ class AmiServersBase(libvirt_base.ServersTestBase):
 
     def _domain_xml(self, server):
         return self.guest_xml[server['id']]
+
+    def _backing_stores(self, server):
+        """{disk file: its <backingStore>} in the XML libvirt was given."""
+        dom = etree.fromstring(self.defined_xml[server['id']].encode())
+        return {d.find('source').get('file'): d.find('backingStore')
+                for d in dom.iterfind('devices/disk')
+                if d.find('source') is not None}
+
+    def assertBaseUnlabelled(self, server, disk, base):
+        """``disk``'s raw base is stated and left alone by libvirt's DAC."""
+        store = self._backing_stores(server).get(disk)
+        self.assertIsNotNone(store, 'no <backingStore> for %s' % disk)
+        self.assertEqual('file', store.get('type'))
+        self.assertEqual('raw', store.find('format').get('type'))
+        self.assertEqual(base, store.find('source').get('file'))
+        labels = store.findall('source/seclabel')
+        self.assertEqual([('dac', 'no')],
+                         [(s.get('model'), s.get('relabel')) for s in labels])
+        # The chain ends at the raw base.
+        end = store.find('backingStore')
+        self.assertIsNotNone(end)
+        self.assertEqual(0, len(end))
 
 
 class TestAmiServers(AmiServersBase):
@@ -267,3 +304,70 @@ class TestAmiServers(AmiServersBase):
             self.assertIsNone(inject.GuestFS(target).read(
                 '/root/.ssh/authorized_keys'))
         self.assertNotIn('<kernel>', self._domain_xml(server))
+
+    def test_second_server_copies_the_grown_template(self):
+        # Every filesystem growth, counted (the real one runs).
+        grows = []
+        real_grow = grow.grow
+
+        def counting_grow(*args, **kwargs):
+            grows.append(args)
+            return real_grow(*args, **kwargs)
+        self.useFixture(fixtures.MonkeyPatch('nova_amiboot.grow.grow',
+                                             counting_grow))
+        tdir = os.path.join(CONF.instances_path, '_base', grow.TEMPLATE_DIR)
+        first = self._boot('ami', key_name='k1')
+        # The first server of (image, 1 GiB) built the template: the only
+        # growth.
+        (name,) = os.listdir(tdir)
+        self.assertTrue(name.startswith(
+            cache_mod.base_name(self.images['ami']) + '-%d-' % GiB), name)
+        tpl = os.stat(os.path.join(tdir, name))
+        self.assertEqual(1, len(grows))
+        second = self._boot('ami', key_name='k1')
+        # The second copied it: no growth of its own, the same template.
+        self.assertEqual(1, len(grows))
+        self.assertEqual([name], os.listdir(tdir))
+        self.assertEqual(tpl.st_ino,
+                         os.stat(os.path.join(tdir, name)).st_ino)
+        for server in (first, second):
+            disk = os.path.join(self._instance_dir(server), 'disk')
+            info = json.loads(subprocess.run(
+                ['qemu-img', 'info', '-U', '-f', 'qcow2', '--output=json',
+                 disk], check=True, capture_output=True, text=True).stdout)
+            self.assertEqual(self._base('ami'),
+                             info['full-backing-filename'])
+            with attach.attached(disk, 'qcow2', CONF) as target:
+                target.run('e2fsck', ['-fn'])
+                out = target.run('dumpe2fs', ['-h'])[0]
+                fields = dict(line.split(':', 1) for line in
+                              out.splitlines() if ':' in line)
+                self.assertEqual(GiB, int(fields['Block count'])
+                                 * int(fields['Block size']))
+                self.assertIn(KEY, inject.GuestFS(target).read(
+                    '/root/.ssh/authorized_keys').decode())
+            # Nothing left of the disk's making.
+            self.assertEqual([], [n for n in os.listdir(CONF.instances_path)
+                                  if n.startswith('amiboot-check-')])
+
+        # Nothing to write (no key, no hostname): the template's copy is
+        # the disk, never attached.
+        attaches = []
+        real_attached = attach.attached
+
+        def counting_attached(*args, **kwargs):
+            attaches.append(args)
+            return real_attached(*args, **kwargs)
+        self.useFixture(fixtures.MonkeyPatch('nova_amiboot.attach.attached',
+                                             counting_attached))
+        self.flags(inject_hostname=False, group='amiboot')
+        third = self._boot('ami')
+        self.assertEqual([], attaches)
+        self.assertEqual(1, len(grows))
+        disk = os.path.join(self._instance_dir(third), 'disk')
+        with real_attached(disk, 'qcow2', CONF) as target:
+            out = target.run('dumpe2fs', ['-h'])[0]
+        fields = dict(line.split(':', 1) for line in out.splitlines()
+                      if ':' in line)
+        self.assertEqual(GiB, int(fields['Block count'])
+                         * int(fields['Block size']))
