@@ -369,6 +369,8 @@ class GuestFS(object):
         if len(data) > e2fs.MAX_WRITE:
             self._fail(path, "%d bytes is over the limit of %d"
                        % (len(data), e2fs.MAX_WRITE))
+        # What was remembered describes the filesystem before any write.
+        self._known.clear()
         parts = self._checked.pop(path, None) or self.check_path(path)
         requests = []
         for p, inode in parts[:-1]:

@@ -187,7 +187,8 @@ class AmibootQcow2(imagebackend.Qcow2):
                 with attach.attached(tmp, fmt, CONF) as target:
                     spawn.customise(target, req, CONF, facts,
                                     grown=tfacts is not None,
-                                    selinux=(tfacts or {}).get('selinux'))
+                                    selinux=(tfacts or {}).get('selinux'),
+                                    known=(tfacts or {}).get('known'))
                     if files:
                         inject.inject_files(
                             inject.GuestFS(target, instance=inst.uuid),
@@ -213,7 +214,8 @@ class AmibootQcow2(imagebackend.Qcow2):
         if CONF.amiboot.disk_mode == 'overlay' and size % GiB == 0:
             return spawn.make_disk(CONF, cache, req, root, facts, path)
         fmt = disk_mod.create(root.path, path, size, mode='overlay',
-                              instance=req.uuid, image=req.image_id)
+                              instance=req.uuid, image=req.image_id,
+                              cluster_size=CONF.amiboot.overlay_cluster_size)
         return fmt, None
 
     def resize_image(self, size):
