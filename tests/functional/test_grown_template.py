@@ -154,6 +154,15 @@ class TestGrownTemplate(base.RealToolsTestCase):
                 (inject.KEY_MARKER + '\n' + KEY + '\n').encode(),
                 self.fs_bytes(p)[1])
 
+    def test_write_forgets_remembered_reads(self):
+        root = self._image_with_keys(b'ssh-rsa AAAAB3Old old@image\n')
+        with attach.attached(root, 'raw', self.conf) as tg:
+            record = inject.GuestFS(tg).remember()
+            fs = inject.GuestFS(tg, known=record)
+            fs.write('/root/.ssh/authorized_keys', b'new\n', mode=0o600)
+            self.assertEqual(b'new\n',
+                             fs.read('/root/.ssh/authorized_keys'))
+
     def test_replaced_base_never_meets_old_template(self):
         ami, _a, _r = self.add_triplet()
         cache = self.make_cache()
