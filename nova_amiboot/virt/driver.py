@@ -119,6 +119,77 @@ def shared_bases_unlabelled(xml, base_dir, instance='?'):
     return xml
 
 
+def copy_destination_xml(path, backing):
+    """<disk> XML of a block copy's destination ``path`` over ``backing``.
+
+    The copy's chain stated (as for the domain's own disks) so that
+    libvirt neither probes it nor relabels the shared raw base.
+    """
+    dom = etree.Element('domain')
+    disk = etree.SubElement(etree.SubElement(dom, 'devices'), 'disk',
+                            type='file', device='disk')
+    etree.SubElement(disk, 'driver', name='qemu', type='qcow2')
+    etree.SubElement(disk, 'source', file=path)
+    xml = domain.add_backing_store(
+        etree.tostring(dom, encoding='unicode'), path, backing)
+    return etree.tostring(etree.fromstring(xml).find('devices/disk'),
+                          encoding='unicode', with_tail=False)
+
+
+class _UnlabelledCopyDevice(object):
+    """nova's BlockDevice whose snapshot copy leaves the shared base alone.
+
+    nova's live snapshot mirrors the root disk into a new qcow2 over the
+    same raw base with blockRebase, which names only the destination's
+    path: libvirt then probes that chain and its DAC driver chowns the
+    base to the QEMU user (and leaves it so). The same copy is made with
+    blockCopy and the chain stated, base unlabelled.
+    """
+
+    def __init__(self, dev, base_dir):
+        self._dev = dev
+        self._base_dir = base_dir
+
+    def __getattr__(self, name):
+        return getattr(self._dev, name)
+
+    def rebase(self, base, shallow=False, reuse_ext=False, copy=False,
+               relative=False, copy_dev=False):
+        backing = None
+        if copy and shallow and reuse_ext and not (relative or copy_dev):
+            backing = _shared_base(base, self._base_dir)
+        if not backing:
+            return self._dev.rebase(base, shallow=shallow,
+                                    reuse_ext=reuse_ext, copy=copy,
+                                    relative=relative, copy_dev=copy_dev)
+        import libvirt
+        flags = (libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW
+                 | libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
+        return self._dev._guest._domain.blockCopy(
+            self._dev._disk, copy_destination_xml(base, backing), {},
+            flags)
+
+
+class _UnlabelledCopyGuest(object):
+    """nova's Guest, its block devices as _UnlabelledCopyDevice."""
+
+    def __init__(self, guest, base_dir):
+        self._guest = guest
+        self._base_dir = base_dir
+
+    def __getattr__(self, name):
+        return getattr(self._guest, name)
+
+    def get_block_device(self, disk):
+        return _UnlabelledCopyDevice(self._guest.get_block_device(disk),
+                                     self._base_dir)
+
+
+def _base_dir():
+    return os.path.join(CONF.instances_path,
+                        CONF.image_cache.subdirectory_name)
+
+
 class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def __init__(self, virtapi, read_only=False):
@@ -157,15 +228,22 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
         # rescue and unrescue, the finish of a resize or cold migration and
         # of its revert. (The XML of a live migration and of nova's volume
         # swap and live snapshot is libvirt's own, which keeps the
-        # <backingStore> given here.)
+        # <backingStore> given here; the live snapshot's mirror is made in
+        # _live_snapshot.)
         if xml and instance.kernel_id:
-            base_dir = os.path.join(CONF.instances_path,
-                                    CONF.image_cache.subdirectory_name)
             with errors.as_nova_errors(instance.image_ref):
-                xml = shared_bases_unlabelled(xml, base_dir,
+                xml = shared_bases_unlabelled(xml, _base_dir(),
                                               instance=instance.uuid)
         return super()._create_guest(context, xml, instance, *args,
                                      **kwargs)
+
+    def _live_snapshot(self, context, instance, guest, *args, **kwargs):
+        # The snapshot's temporary mirror over the shared base: see
+        # _UnlabelledCopyDevice.
+        if instance.kernel_id:
+            guest = _UnlabelledCopyGuest(guest, _base_dir())
+        return super()._live_snapshot(context, instance, guest, *args,
+                                      **kwargs)
 
     def _cache_kernel_ramdisk(self, context, instance, kernel_id,
                               ramdisk_id, suffix=''):

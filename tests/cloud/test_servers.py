@@ -260,6 +260,9 @@ def test_snapshot_and_boot_from_it(cloud, server, keypair):
     try:
         assert cloud.value('image', 'show', snap, '-c', 'status') == 'active'
         cloud.wait_status(server['id'], ['ACTIVE'])
+        # nova's live snapshot mirrors the disk into a copy over the same
+        # base: the base stays root's through it.
+        _assert_base_untouched(cloud, server)
         info = cloud.json('server', 'create', '--image', snap, '--flavor',
                           'amiboot.2g', '--key-name', keypair[0],
                           '--nic', 'none', name)

@@ -78,3 +78,20 @@ class TestSharedBases(unittest.TestCase):
     def test_disk_without_backing_file(self):
         disk = self._file(os.path.join(self.top, 'inst', 'disk'), 'qcow2')
         self.assertIsNone(self._stated(disk))
+
+    def test_live_snapshot_copy_destination(self):
+        # nova's live snapshot mirrors the disk into <snapshot>.delta over
+        # the same base; the copy's destination states that chain.
+        base = self._file(os.path.join(self.base_dir, 'f' * 40))
+        delta = os.path.join(self.top, 'snap.delta')
+        disk = etree.fromstring(driver.copy_destination_xml(delta, base))
+        self.assertEqual(('file', 'qcow2', delta),
+                         (disk.get('type'), disk.find('driver').get('type'),
+                          disk.find('source').get('file')))
+        store = disk.find('backingStore')
+        self.assertEqual('raw', store.find('format').get('type'))
+        self.assertEqual(base, store.find('source').get('file'))
+        self.assertEqual(('dac', 'no'),
+                         (store.find('source/seclabel').get('model'),
+                          store.find('source/seclabel').get('relabel')))
+        self.assertEqual(0, len(store.find('backingStore')))
