@@ -33,7 +33,7 @@ EXT_TYPES = ('ext2', 'ext3', 'ext4')
 # Facts about a cached base's filesystem, kept on the base's own inode: they
 # derive from its content, which never changes once it is in the cache.
 _FACTS_XATTR = 'user.amiboot.fs'
-_CHECK_PREFIX = 'amiboot-check-'
+CHECK_PREFIX = 'amiboot-check-'
 # A random identity of the base's inode: a template records the one it was
 # made from, so a base removed and fetched again (a new inode, maybe other
 # bytes) never meets a template of its predecessor.
@@ -76,8 +76,8 @@ def base_facts(path, conf):
     # scratch overlay sits in the instances path, beside the instance disks:
     # the privileged nbd attach connects nothing else.
     instances = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    utils.reap_stale_tempdirs(_CHECK_PREFIX, dir=instances)
-    tmp = utils.owned_tempdir(_CHECK_PREFIX, dir=instances)
+    utils.reap_stale_tempdirs(CHECK_PREFIX, dir=instances)
+    tmp = utils.owned_tempdir(CHECK_PREFIX, dir=instances)
     try:
         scratch = os.path.join(tmp, 'disk')
         fmt = disk.create(path, scratch, os.path.getsize(path))
@@ -239,8 +239,8 @@ def _build_template(base, tpl, size, facts, conf, instance, image):
     # renamed into place (same filesystem). Owned: a build killed midway is
     # reaped like a killed base check.
     instances = os.path.dirname(os.path.dirname(os.path.abspath(base)))
-    utils.reap_stale_tempdirs(_CHECK_PREFIX, dir=instances)
-    scratch = utils.owned_tempdir(_CHECK_PREFIX, dir=instances)
+    utils.reap_stale_tempdirs(CHECK_PREFIX, dir=instances)
+    scratch = utils.owned_tempdir(CHECK_PREFIX, dir=instances)
     tmp = os.path.join(scratch, 'disk')
     try:
         fmt = disk.create(base, tmp, size, instance=instance, image=image,

@@ -144,7 +144,7 @@ def fetch_triplet(cache, image_id, flavor=None, instance='?'):
     return ami, root, kernel, ramdisk
 
 
-def _wants(req, conf):
+def wants(req, conf):
     """What to inject for ``req``, as words for an error message."""
     return [w for w, v in (('SSH key', req.key and conf.amiboot.inject_key),
                            ('password', req.password
@@ -168,12 +168,12 @@ def customise(target, req, conf, facts, grown=False, selinux=None,
     if conf.amiboot.grow_filesystem and not grown:
         grown = grow.grow(target, instance=req.name, image=req.image_id,
                           fstype=fstype, checked=facts['clean'])
-    wants = _wants(req, conf)
-    if not wants:
+    wanted = wants(req, conf)
+    if not wanted:
         return grown
     if not is_ext:
         raise exception.InjectionFailed(
-            instance=req.name, what=', '.join(wants),
+            instance=req.name, what=', '.join(wanted),
             reason="filesystem %s of image %s cannot be written from user "
                    "space (ext2/3/4 only)" % (fstype, req.image_id))
     fs = inject.GuestFS(target, instance=req.name, known=known)
@@ -246,7 +246,7 @@ def finished(idir):
         pass
 
 
-def _base_lock(cache, root):
+def base_lock(cache, root):
     """The base's own cache lock (nova's name for it)."""
     return lockutils.lock(os.path.basename(root.path),
                           lock_file_prefix=cache_mod.LOCK_PREFIX,
@@ -265,7 +265,7 @@ def make_disk(conf, cache, req, root, facts, path):
             conf.amiboot.grow_filesystem and \
             facts['fstype'] in grow.EXT_TYPES:
         # The base stays while a template of it is built.
-        lock = functools.partial(_base_lock, cache, root)
+        lock = functools.partial(base_lock, cache, root)
         tfacts = grow.grown_disk(root.path, path, size, facts, conf, lock,
                                  instance=req.name, image=req.image_id)
         if tfacts is not None:
@@ -299,7 +299,7 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
     facts = grow.known_facts(root.path)
     if facts is None:
         # Once per base: concurrent first spawns wait for one check.
-        with _base_lock(cache, root):
+        with base_lock(cache, root):
             try:
                 facts = grow.base_facts(root.path, conf)
             except (OSError, exception.AmibootException) as e:
@@ -328,7 +328,7 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
         fmt, tfacts = make_disk(conf, cache, req, root, facts, disk)
         timings['disk'] = time.monotonic() - t
         t = time.monotonic()
-        if tfacts is not None and not _wants(req, conf):
+        if tfacts is not None and not wants(req, conf):
             # Grown already, nothing to write: no attach at all.
             grown = True
             utils.fdatasync(disk)

@@ -167,23 +167,23 @@ class AmibootQcow2(imagebackend.Qcow2):
         facts = grow.known_facts(root.path)
         if facts is None:
             # Once per base: concurrent first spawns wait for one check.
-            with spawn._base_lock(cache, root):
+            with spawn.base_lock(cache, root):
                 facts = grow.base_facts(root.path, CONF)
         # Made whole in a scratch dir, then renamed into place: nova's
         # Image.cache() takes any disk that exists as done, so a spawn
         # killed midway must not leave half a disk at self.path. The
         # scratch disk is <instances>/amiboot-check-*/disk, a shape the
         # privileged nbd attach accepts; a killed spawn's dir is reaped.
-        utils.reap_stale_tempdirs(grow._CHECK_PREFIX,
+        utils.reap_stale_tempdirs(grow.CHECK_PREFIX,
                                   dir=CONF.instances_path)
-        scratch = utils.owned_tempdir(grow._CHECK_PREFIX,
+        scratch = utils.owned_tempdir(grow.CHECK_PREFIX,
                                       dir=CONF.instances_path)
         tmp = os.path.join(scratch, 'disk')
         try:
             fmt, tfacts = self._make_disk(cache, req, root, facts, size, tmp)
             # A template's copy is grown already: with nothing to write,
             # no attach at all.
-            if tfacts is None or spawn._wants(req, CONF) or files:
+            if tfacts is None or spawn.wants(req, CONF) or files:
                 with attach.attached(tmp, fmt, CONF) as target:
                     spawn.customise(target, req, CONF, facts,
                                     grown=tfacts is not None,

@@ -176,7 +176,7 @@ class TestKillNovaCreateImage(test_faults.FaultTestCase):
             self.assertDiskGood(disk, base_path.replace(ref, inst))
             left = self.leftovers(inst, {pid, rpid}, daemons_before)
             left += [n for n in os.listdir(inst)
-                     if n.startswith(grow._CHECK_PREFIX)]
+                     if n.startswith(grow.CHECK_PREFIX)]
             if left:
                 leaked.append((step, left))
             else:
