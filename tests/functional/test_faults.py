@@ -74,6 +74,22 @@ def hooked_env(**env):
 
 class FaultTestCase(base.RealToolsTestCase):
 
+    def assertCacheWhole(self, inst, expected, step):
+        """After a retry: bases unchanged, one whole template, locks free."""
+        self.assertEqual(expected, base_digests(inst), step)
+        self.assertEqual(1, len(templates(inst)),
+                         "%s: %s" % (step, templates(inst)))
+        self.assertTemplatesComplete(inst)
+        self.assertLocksFree(inst)
+
+    def assertKillFigure(self, what, steps, kills, recovered, leaked):
+        faults.figure('kill -9 (%s, %d steps): kills: %d, recovered: %d, '
+                      'leaked: %d' % (what, steps, kills, recovered,
+                                      len(leaked)))
+        self.maxDiff = None
+        self.assertEqual([], leaked)
+        self.assertEqual(kills, recovered)
+
     def qcow2_triplet(self):
         """The test bed triplet, the AMI as qcow2 (a conversion step)."""
         qcow = self.scratch('root.qcow2')
@@ -193,12 +209,8 @@ class TestKill(FaultTestCase):
                              % (step, err))
             self.assertEqual(os.path.join(inst, inst_uuid, 'disk'),
                              out.strip())
-            self.assertEqual(expected, base_digests(inst), step)
             # The retry built (or found) the one template, whole.
-            self.assertEqual(1, len(templates(inst)),
-                             "%s: %s" % (step, templates(inst)))
-            self.assertTemplatesComplete(inst)
-            self.assertLocksFree(inst)
+            self.assertCacheWhole(inst, expected, step)
             self.run_cmd('qemu-img', 'check', '-q', '-f', 'qcow2',
                          out.strip())
             left = self.leftovers(inst, {pid, rpid}, daemons_before)
@@ -208,12 +220,8 @@ class TestKill(FaultTestCase):
                 recovered += 1
             shutil.rmtree(inst)
         shutil.rmtree(ref)
-        faults.figure('kill -9 (core prepare, %d steps): kills: %d, '
-                      'recovered: %d, leaked: %d'
-                      % (len(steps), kills, recovered, len(leaked)))
-        self.maxDiff = None
-        self.assertEqual([], leaked)
-        self.assertEqual(kills, recovered)
+        self.assertKillFigure('core prepare', len(steps), kills, recovered,
+                              leaked)
 
 
 class TestConcurrentBoots(FaultTestCase):

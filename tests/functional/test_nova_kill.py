@@ -28,7 +28,6 @@ from nova_amiboot import grow
 from nova_amiboot import inject
 from tests.functional import base
 from tests.functional import faultdriver
-from tests.functional import faults
 from tests.functional import test_faults
 
 GiB = 1024 ** 3
@@ -168,11 +167,7 @@ class TestKillNovaCreateImage(test_faults.FaultTestCase):
             self.assertEqual(0, rc, "retry after kill at %s: %s"
                              % (step, err))
             self.assertEqual(disk, out.strip())
-            self.assertEqual(expected, test_faults.base_digests(inst), step)
-            self.assertEqual(1, len(test_faults.templates(inst)),
-                             "%s: %s" % (step, test_faults.templates(inst)))
-            self.assertTemplatesComplete(inst)
-            self.assertLocksFree(inst)
+            self.assertCacheWhole(inst, expected, step)
             self.assertDiskGood(disk, base_path.replace(ref, inst))
             left = self.leftovers(inst, {pid, rpid}, daemons_before)
             left += [n for n in os.listdir(inst)
@@ -183,12 +178,8 @@ class TestKillNovaCreateImage(test_faults.FaultTestCase):
                 recovered += 1
             shutil.rmtree(inst)
         shutil.rmtree(ref)
-        faults.figure('kill -9 (nova route create_image, %d steps): '
-                      'kills: %d, recovered: %d, leaked: %d'
-                      % (len(steps), kills, recovered, len(leaked)))
-        self.maxDiff = None
-        self.assertEqual([], leaked)
-        self.assertEqual(kills, recovered)
+        self.assertKillFigure('nova route create_image', len(steps), kills,
+                              recovered, leaked)
 
 
 if __name__ == '__main__':
