@@ -13,12 +13,12 @@ disk work. On failure the instance directory is removed whole; the cache
 keeps only complete, checked bases.
 """
 
+from concurrent import futures
 import dataclasses
 import errno
 import functools
 import os
 import shutil
-import threading
 import time
 
 from oslo_concurrency import lockutils
@@ -93,30 +93,6 @@ def _private_copy(src, dst):
                     os.path.basename(src).encode())
     except OSError as e:
         LOG.debug("Cannot mark %s as a copy of %s: %s", dst, src, e)
-
-
-class _Background(object):
-    """Run ``fn`` in a thread now; result() joins and re-raises."""
-
-    def __init__(self, fn):
-        self._error = None
-
-        def run():
-            try:
-                fn()
-            except BaseException as e:
-                self._error = e
-        self._thread = threading.Thread(target=run, daemon=True,
-                                        name='amiboot-copy')
-        self._thread.start()
-
-    def wait(self):
-        self._thread.join()
-
-    def result(self):
-        self.wait()
-        if self._error is not None:
-            raise self._error
 
 
 def fetch_triplet(cache, image_id, flavor=None, instance='?'):
@@ -320,8 +296,11 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
     # The kernel and ramdisk copies (some MiB) need no disk: they run
     # while the disk is attached and written (the tools run as other
     # processes), off the critical path.
-    copies = _Background(lambda: (_private_copy(kernel.path, kpath),
-                                  _private_copy(ramdisk.path, rpath)))
+    pool = futures.ThreadPoolExecutor(thread_name_prefix='amiboot-copy')
+    copies = [pool.submit(_private_copy, kernel.path, kpath),
+              pool.submit(_private_copy, ramdisk.path, rpath)]
+    # No more work for it: its threads end with the copies.
+    pool.shutdown(wait=False)
     try:
         t = time.monotonic()
         disk = os.path.join(idir, 'disk')
@@ -340,7 +319,8 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
                     selinux=(tfacts or {}).get('selinux'),
                     known=(tfacts or {}).get('known'))
         timings['customise'] = time.monotonic() - t
-        copies.result()
+        for copy in copies:
+            copy.result()
         log = os.path.join(idir, 'console.log')
         spec = domain.DomainSpec(
             name=req.domain_name or req.name, uuid=req.uuid,
@@ -362,7 +342,7 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
         os.replace(xml_path + '.part', xml_path)
     except BaseException as e:
         # Not removed under a copy still writing into it.
-        copies.wait()
+        futures.wait(copies)
         shutil.rmtree(idir, ignore_errors=True)
         if _disk_full(e):
             # Whichever tool met it (qemu-img, the FUSE export under

@@ -13,6 +13,7 @@ import uuid
 
 from nova_amiboot import domain
 from tests.functional import base
+from tests.functional import faults
 from tests.functional import test_cli
 from tests.testbed import report
 
@@ -20,19 +21,6 @@ from tests.testbed import report
 # PID 1 waits on the serial console (nobody types), unlike the test bed's
 # init, which reports and powers off.
 HOLD_CMDLINE = 'root=/dev/vda console=ttyS0 init=/bin/sh'
-
-
-def own_processes(name, path):
-    """live_processes(name) whose command line names ``path``."""
-    found = []
-    for pid in base.live_processes(name):
-        try:
-            with open('/proc/%d/cmdline' % pid, 'rb') as f:
-                if path.encode() in f.read():
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
 
 
 class ScopedLeakCheck(object):
@@ -44,7 +32,8 @@ class ScopedLeakCheck(object):
 
     def assertNothingLeaked(self):
         for tool in ('qemu-storage-daemon', 'qemu-nbd'):
-            self.assertEqual([], own_processes(tool, self.instances))
+            self.assertEqual(
+                [], faults.processes_mentioning(tool, self.instances))
         self.assertNoPartials()
 
 

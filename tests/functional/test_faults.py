@@ -8,7 +8,6 @@ sitecustomize on their PYTHONPATH; production code has no hook).
 """
 
 import glob
-import hashlib
 import os
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ from tests.functional import base
 from tests.functional import faultdriver
 from tests.functional import faults
 from tests.functional import test_cli
+from tests.testbed import build
 from tests.testbed import report
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -39,18 +39,11 @@ TOOLS = ('qemu-storage-daemon', 'qemu-img', 'e2fsck', 'resize2fs',
          'debugfs', 'blkid', 'fusermount3')
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def base_digests(instances):
     """sha256 of each base file in ``instances``/_base (not templates)."""
     bdir = os.path.join(instances, '_base')
-    return {n: _sha256(os.path.join(bdir, n)) for n in os.listdir(bdir)
+    return {n: build.sha256_file(os.path.join(bdir, n))
+            for n in os.listdir(bdir)
             if os.path.isfile(os.path.join(bdir, n))}
 
 
@@ -269,8 +262,8 @@ class TestConcurrentBoots(FaultTestCase):
                 copy = os.path.join(inst, u, part)
                 self.assertNotEqual(os.stat(c.path_for(image.id)).st_ino,
                                     os.stat(copy).st_ino)
-                self.assertEqual(_sha256(c.path_for(image.id)),
-                                 _sha256(copy))
+                self.assertEqual(build.sha256_file(c.path_for(image.id)),
+                                 build.sha256_file(copy))
                 self.assertEqual(
                     os.path.basename(c.path_for(image.id)).encode(),
                     os.getxattr(copy, cache_mod.USED_BASE_XATTR))

@@ -9,7 +9,6 @@ the path is shared (over ssh, in nova), the answer is that fact.
 """
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from nova_amiboot import cache as cache_mod
 from nova_amiboot.conf import CONF
 from nova_amiboot import inject
 from tests.nova_functional import test_servers
+from tests.testbed import build
 
 GiB = test_servers.GiB
 REAL_FILE_OPEN = nova_libvirt_utils.file_open
@@ -57,14 +57,6 @@ def read_files(disk, *paths):
 def write_file(disk, path, data):
     with attach.attached(disk, 'qcow2', CONF) as target:
         inject.GuestFS(target).write(path, data)
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class LifecycleBase(test_servers.AmiServersBase):
@@ -150,9 +142,9 @@ class TestResize(LifecycleBase):
         self.assertFalse(os.path.exists(self._instance_dir(server)
                                         + '_resize'))
         # A hard reboot asks for the same size again: no work.
-        before = sha256(disk)
+        before = build.sha256_file(disk)
         server = self._reboot_server(server, hard=True)
-        self.assertEqual(before, sha256(disk))
+        self.assertEqual(before, build.sha256_file(disk))
         self.assertEqual(['quiet', 'amiboot.md=2'], self._cmdline(server)[-2:])
 
     def test_resize_revert_keeps_the_old_disk(self):
@@ -172,22 +164,31 @@ class TestTwoHosts(LifecycleBase):
         super().setUp()
         self.start_compute('compute2')
 
-    def test_cold_migrate_to_a_host_without_the_base(self):
+    def _marked_server_without_base(self):
+        """An AMI server with a marker written, its base gone.
+
+        Returns (server, source host, other host, disk, disk's sha256).
+        """
         server = self._boot_ami()
         src = server['OS-EXT-SRV-ATTR:host']
         dest = 'compute2' if src == 'compute1' else 'compute1'
         disk = self._disk(server)
         write_file(disk, '/root/marker', MARKER)
-        before = sha256(disk)
-        # The destination has no base (or it was aged out since).
+        before = build.sha256_file(disk)
         os.unlink(self._base('ami'))
+        return server, src, dest, disk, before
+
+    def test_cold_migrate_to_a_host_without_the_base(self):
+        # The destination has no base (or it was aged out since).
+        server, _src, dest, disk, before = \
+            self._marked_server_without_base()
 
         server = self._migrate_server(server, host=dest,
                                       api=self.api_fixture.admin_api)
         self.assertEqual(dest, server['OS-EXT-SRV-ATTR:host'])
         # The disk came over untouched; its base is back, fetched and
         # checked by our cache (the disk_format it records says so).
-        self.assertEqual(before, sha256(disk))
+        self.assertEqual(before, build.sha256_file(disk))
         self.assertEqual(
             b'ami', os.getxattr(self._base('ami'),
                                 'user.amiboot.disk_format'))
@@ -196,13 +197,7 @@ class TestTwoHosts(LifecycleBase):
         self.assertEqual(['quiet', 'amiboot.md=2'], self._cmdline(server)[-2:])
 
     def test_evacuate_on_shared_storage_without_the_base(self):
-        server = self._boot_ami()
-        src = server['OS-EXT-SRV-ATTR:host']
-        dest = 'compute2' if src == 'compute1' else 'compute1'
-        disk = self._disk(server)
-        write_file(disk, '/root/marker', MARKER)
-        before = sha256(disk)
-        os.unlink(self._base('ami'))
+        server, src, dest, disk, before = self._marked_server_without_base()
         admin = self.api_fixture.admin_api
         admin.microversion = 'latest'
         self.computes[src].stop()
@@ -214,7 +209,7 @@ class TestTwoHosts(LifecycleBase):
                                        expected_state='SHUTOFF')
         # Shared storage: the disk is the instance's own, untouched; only
         # its base came back through our cache.
-        self.assertEqual(before, sha256(disk))
+        self.assertEqual(before, build.sha256_file(disk))
         self.assertEqual(
             b'ami', os.getxattr(self._base('ami'),
                                 'user.amiboot.disk_format'))
@@ -223,11 +218,11 @@ class TestTwoHosts(LifecycleBase):
     def test_hard_reboot_base_aged_out_and_image_gone(self):
         server = self._boot_ami()
         disk = self._disk(server)
-        before = sha256(disk)
+        before = build.sha256_file(disk)
         os.unlink(self._base('ami'))
         server = self._reboot_server(server, hard=True)
         self.assertTrue(os.path.exists(self._base('ami')))
-        self.assertEqual(before, sha256(disk))
+        self.assertEqual(before, build.sha256_file(disk))
 
         # Gone from the cache and from Glance: nova's ImageNotFound.
         os.unlink(self._base('ami'))
@@ -237,7 +232,7 @@ class TestTwoHosts(LifecycleBase):
         server = self._wait_for_state_change(server, 'ERROR')
         self.assertEqual('Image %s could not be found.' % self.images['ami'],
                          server['fault']['message'])
-        self.assertEqual(before, sha256(disk))
+        self.assertEqual(before, build.sha256_file(disk))
 
 
 class TestBootParams(LifecycleBase):
@@ -310,8 +305,9 @@ class TestRescue(LifecycleBase):
         # The rescue kernel entered _base through our inspected cache.
         self.assertEqual(b'aki', os.getxattr(self._base('aki2'),
                                              'user.amiboot.disk_format'))
-        self.assertEqual(sha256(self._base('aki2')),
-                         sha256(os.path.join(inst_dir, 'kernel.rescue')))
+        self.assertEqual(build.sha256_file(self._base('aki2')),
+                         build.sha256_file(
+                             os.path.join(inst_dir, 'kernel.rescue')))
         server = self._unrescue_server(server)
         self.assertFalse(os.path.exists(os.path.join(inst_dir,
                                                      'kernel.rescue')))
@@ -578,8 +574,8 @@ class TestLiveMigration(LifecycleBase):
             base = self._base('aki' if part == 'kernel' else 'ari')
             self.assertEqual(fmt, os.getxattr(base,
                                               'user.amiboot.disk_format'))
-            self.assertEqual(sha256(base),
-                             sha256(os.path.join(inst_dir, part)))
+            self.assertEqual(build.sha256_file(base),
+                             build.sha256_file(os.path.join(inst_dir, part)))
 
 
 class TestSharedBases(LifecycleBase):

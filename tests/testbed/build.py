@@ -28,7 +28,7 @@ BUSYBOX = '/bin/busybox'
 AMI_SIZE_MB = 32
 
 
-def _sha256(path):
+def sha256_file(path):
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -105,9 +105,9 @@ def build_ami(output, size_mb=AMI_SIZE_MB):
 
 def _key(deb):
     h = hashlib.sha256()
-    for part in (os.path.basename(deb), _sha256(BUSYBOX),
-                 _sha256(ari.__file__), _sha256(__file__),
-                 _sha256(os.path.join(HERE, 'ami-init.sh'))):
+    for part in (os.path.basename(deb), sha256_file(BUSYBOX),
+                 sha256_file(ari.__file__), sha256_file(__file__),
+                 sha256_file(os.path.join(HERE, 'ami-init.sh'))):
         h.update(part.encode())
     return h.hexdigest()[:16]
 

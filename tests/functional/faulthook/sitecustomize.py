@@ -95,14 +95,12 @@ def _install():
         if reached(name):
             # Die with the tool running: it is orphaned mid-work.
             kwargs['on_execute'] = lambda proc: die()
-        result = real_execute(*cmd, **kwargs)
-        if cmd[0] == 'qemu-storage-daemon' and reached('attached'):
-            die()
-        return result
+        return real_execute(*cmd, **kwargs)
 
     utils.execute = execute
     real_quick = utils.execute_quick
 
+    # qemu-storage-daemon starts through execute_quick (no on_execute).
     def execute_quick(*cmd, **kwargs):
         if reached('run:' + os.path.basename(cmd[0])):
             # Die with the tool running, as above.
