@@ -16,7 +16,6 @@ FUSE mount gone, the nbd device disconnected, even when the body fails.
 import contextlib
 import glob
 import os
-import shutil
 import signal
 import time
 
@@ -27,6 +26,7 @@ from oslo_log import log as logging
 from nova_amiboot import exception
 from nova_amiboot.privileged import e2fs
 from nova_amiboot.privileged import nbd as priv_nbd
+from nova_amiboot import sandbox
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -35,16 +35,29 @@ LOG = logging.getLogger(__name__)
 class Target(object):
     """A disk made visible to e2fsprogs; ``run`` runs one of them on it.
 
-    ``method`` is how it was reached: 'nbd' (tools run privileged), 'fuse'
-    or 'file' (a plain file, such as a raw base in the cache).
+    ``method`` is how it was reached: 'nbd' (tools get the device from the
+    privileged side), 'fuse' (a sandbox.Session serves the disk inside
+    the tools' sandbox) or 'file' (a plain file, such as a raw base in
+    the cache). Every tool runs in nova_amiboot.sandbox.
     """
 
-    def __init__(self, path, method, timeout=None):
+    def __init__(self, path, method, timeout=None, session=None,
+                 image=None, limits=None):
         self.path = path
         self.method = method
         # Seconds each tool may run on the (untrusted) filesystem; a crafted
         # one must not hang a spawn.
         self.timeout = timeout
+        self.session = session
+        # Named in errors (a limit that stopped a tool names the image).
+        self.image = image or path
+        self.limits = limits
+
+    def _limits(self):
+        if self.limits is None:
+            return sandbox.Limits(timeout=self.timeout or
+                                  sandbox.DEFAULT_TIMEOUT).as_dict()
+        return self.limits.as_dict()
 
     def run(self, tool, args, ok_codes=(0,), size=None):
         """Run e2fsprogs' ``tool`` with ``args`` (see e2fs.OPTIONS).
@@ -67,11 +80,13 @@ class Target(object):
         # Both routes build the command line and the debugfs script with
         # the same code (e2fs); on nbd it runs in the privsep daemon,
         # which checks everything again itself.
+        kwargs['limits'] = self._limits()
         try:
             if self.method == 'nbd':
                 return priv_nbd.run_e2fs(tool, self.path, list(args),
                                          **kwargs)
-            return e2fs.run(tool, list(args), self.path, **kwargs)
+            return e2fs.run(tool, list(args), self.path, image=self.image,
+                            session=self.session, **kwargs)
         # An error is one bounded line (as utils.execute makes it): the
         # stderr of a tool reading an untrusted filesystem can run on for
         # many lines.
@@ -82,6 +97,14 @@ class Target(object):
         except e2fs.Failed as e:
             raise exception.CommandFailed(cmd=tool, code=e.code,
                                           stderr=utils.one_line(e.stderr))
+        except exception.ToolLimitExceeded as e:
+            if self.method == 'nbd' and self.image != self.path:
+                # The privileged side knows the device, not the image.
+                raise exception.ToolLimitExceeded(
+                    tool=tool, image=self.image,
+                    limit=e.kwargs.get('limit', '?'),
+                    value=e.kwargs.get('value', '?'))
+            raise
         except FileNotFoundError:
             raise exception.ToolMissing(tool=tool)
         except ValueError as e:
@@ -110,17 +133,23 @@ def fuse_mounted(path):
 
 
 @contextlib.contextmanager
-def attached(disk, fmt, conf, method=None):
-    """Yield a Target for ``disk`` (format ``fmt``) and release it after."""
+def attached(disk, fmt, conf, method=None, image=None):
+    """Yield a Target for ``disk`` (format ``fmt``) and release it after.
+
+    ``image``: what errors name (the image the disk was made from).
+    """
     method = method or choose_method(conf)
+    lim = sandbox.Limits.from_conf(conf)
     if method == 'fuse':
-        cm = _fuse(disk, fmt, conf.amiboot.attach_timeout)
+        cm = _fuse(disk, fmt, conf.amiboot.attach_timeout, image, lim)
     elif method == 'nbd':
         cm = _nbd(disk, fmt, conf.amiboot.attach_timeout)
     else:
         raise ValueError(method)
     with cm as target:
         target.timeout = conf.amiboot.fs_tool_timeout
+        target.limits = lim
+        target.image = image or disk
         yield target
 
 
@@ -150,46 +179,28 @@ def reap_stale_exports():
 
 
 @contextlib.contextmanager
-def _fuse(disk, fmt, timeout):
+def _fuse(disk, fmt, timeout, image=None, lim=None):
+    """Serve ``disk`` in a sandbox (sandbox.Session); yield its Target.
+
+    qemu-storage-daemon runs as the tool user in the sandbox and its FUSE
+    export is mounted in the sandbox's own mount namespace: nothing of it
+    is visible on the host, and it dies with this process.
+    """
+    # Exports of the old shape (a host FUSE mount) left by a dead process.
     reap_stale_exports()
-    workdir = utils.owned_tempdir(_EXPORT_PREFIX)
-    mnt = os.path.join(workdir, 'disk')
-    pidfile = os.path.join(workdir, 'pid')
-    open(mnt, 'w').close()
-    pid = None
     try:
-        # --daemonize returns only once the export is set up (or failed),
-        # so there is no mount to poll for.
-        try:
-            # On every spawn's path: see execute_quick.
-            utils.execute_quick(
-                'qemu-storage-daemon',
-                # e2fsprogs fsync often; each would be a qcow2 flush and an
-                # fdatasync of the disk. Ignore them and sync once at the
-                # end (below).
-                '--blockdev', 'driver=file,node-name=file0,'
-                'cache.no-flush=on,filename=%s' % _qemu_opt(disk),
-                '--blockdev', 'driver=%s,node-name=fmt0,file=file0' % fmt,
-                '--export', 'type=fuse,id=exp0,node-name=fmt0,'
-                'mountpoint=%s,writable=on' % _qemu_opt(mnt),
-                '--pidfile', pidfile, '--daemonize',
-                timeout=timeout)
-        except exception.CommandFailed as e:
-            raise exception.AttachFailed(path=disk, reason=str(e))
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-        if not fuse_mounted(mnt):
-            raise exception.AttachFailed(path=disk,
-                                         reason="FUSE export did not appear")
-        yield Target(mnt, 'fuse')
+        sess = sandbox.Session(disk, fmt, image or disk,
+                               lim or sandbox.Limits(), timeout)
+        sess.__enter__()
+    except (ValueError, OSError) as e:
+        raise exception.AttachFailed(path=disk, reason=str(e))
+    except exception.CommandFailed as e:
+        raise exception.AttachFailed(path=disk, reason=str(e))
+    try:
+        yield Target(sandbox.MOUNT, 'fuse', session=sess, image=image,
+                     limits=lim)
     finally:
-        if pid:
-            _stop_daemon(pid, mnt, timeout)
-        else:
-            # A start that timed out or failed midway may still have left
-            # a daemon (and its pidfile) behind.
-            _release_stale_export(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+        sess.__exit__(None, None, None)
     # The daemon wrote everything to the page cache when it stopped; make
     # it durable before anyone boots from the disk.
     utils.fdatasync(disk)

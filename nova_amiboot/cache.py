@@ -30,6 +30,7 @@ from oslo_log import log as logging
 from nova_amiboot import exception
 from nova_amiboot import grow
 from nova_amiboot import safety
+from nova_amiboot import sandbox
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -219,8 +220,14 @@ class ImageCache(object):
                     self.progress('converting %s to raw' % meta.id, 0, None)
                 # -S 4k: zero areas become holes (a sparse base), whether
                 # the qcow2 marks them as zero or stores them as data.
-                utils.execute('qemu-img', 'convert', '-q', '-f', 'qcow2',
-                              '-O', 'raw', '-S', '4k', tmp, conv)
+                os.close(os.open(conv, os.O_WRONLY | os.O_CREAT |
+                                 os.O_EXCL, 0o644))
+                sandbox.run(['qemu-img', 'convert', '-q', '-f', 'qcow2',
+                             '-O', 'raw', '-S', '4k', tmp, conv], meta.id,
+                            self.conf, files=[tmp], write=[conv],
+                            timeout=self.conf.amiboot.image_convert_timeout,
+                            file_size=info.virtual_size + 1024 ** 2,
+                            timeout_name='[amiboot] image_convert_timeout')
                 os.unlink(tmp)
                 os.rename(conv, tmp)
                 info = safety.inspect(tmp, 'raw', meta.id, self.conf)
@@ -448,12 +455,18 @@ def _copied_from(path, base_dir):
 def backing_file(disk):
     """The backing file of our own qcow2 overlay, or None."""
     try:
-        out, _err = utils.execute('qemu-img', 'info', '-f', 'qcow2',
-                                  '--output=json', '-U', disk)
-    except exception.CommandFailed:
+        # The guest's QEMU may have written the disk: in the sandbox.
+        out = sandbox.run(['qemu-img', 'info', '-f', 'qcow2',
+                           '--output=json', '-U', disk], disk,
+                          files=[disk], timeout=60).text
+    except (exception.CommandFailed, OSError):
         return None
     info = json.loads(out)
-    return info.get('full-backing-filename') or info.get('backing-filename')
+    backing = info.get('backing-filename')
+    # Read through a descriptor: qemu-img's full name is relative to it.
+    if backing and not os.path.isabs(backing):
+        backing = os.path.join(os.path.dirname(disk), backing)
+    return backing
 
 
 # The disk_format a base was fetched as, kept on the base's own inode.

@@ -7,7 +7,7 @@ import shutil
 from oslo_log import log as logging
 
 from nova_amiboot import exception
-from nova_amiboot import utils
+from nova_amiboot import sandbox
 
 LOG = logging.getLogger(__name__)
 
@@ -30,17 +30,22 @@ def create(base, path, size, mode='overlay', instance='?', image='?',
             "Instance %s: disk %s exists already" % (instance, path))
     try:
         if mode == 'overlay':
-            # -F raw: the backing format is stated, never probed.
+            # -F raw: the backing format is stated, never probed; -u: the
+            # base is not opened (its size is not needed, ours is given).
             opts = 'backing_file=%s,backing_fmt=raw' % base
             if cluster_size:
                 opts += ',cluster_size=%d' % int(cluster_size)
-            utils.execute('qemu-img', 'create', '-q', '-f', 'qcow2',
-                          '-o', opts, path, str(size))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o644))
+            sandbox.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-u',
+                         '-o', opts, path, str(size)], image,
+                        write=[path], timeout=120)
             return 'qcow2'
         # Parity with nova's Flat backend: a full raw copy, then grown.
         shutil.copyfile(base, path)
-        utils.execute('qemu-img', 'resize', '-q', '-f', 'raw', path,
-                      str(size))
+        sandbox.run(['qemu-img', 'resize', '-q', '-f', 'raw', path,
+                     str(size)], image, write=[path], timeout=120,
+                    file_size=size + 1)
         return 'raw'
     except BaseException as e:
         if os.path.exists(path):

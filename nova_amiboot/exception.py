@@ -197,3 +197,15 @@ class InvalidInterfaceName(InvalidInput):
 class DomainNameTaken(InstanceExists):
     msg_fmt = ("Instance %(name)s: libvirt domain %(domain)s exists already "
                "(%(owner)s); choose another name.")
+
+
+# --- the tool sandbox -------------------------------------------------------
+
+class ToolLimitExceeded(AmibootException):
+    msg_fmt = ("%(tool)s on image %(image)s went over its %(limit)s limit "
+               "(%(value)s) and was stopped.")
+
+
+class SandboxUnavailable(AmibootException):
+    msg_fmt = ("The sandbox for host tools cannot run: %(reason)s "
+               "(see tools/setup-host.sh).")

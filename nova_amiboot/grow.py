@@ -58,7 +58,7 @@ def fs_type(target):
     return out.strip() or None
 
 
-def base_facts(path, conf):
+def base_facts(path, conf, image=None):
     """{'fstype': ..., 'clean': bool} for a raw base in the cache.
 
     A new instance disk holds the base's filesystem byte for byte, so the
@@ -81,7 +81,8 @@ def base_facts(path, conf):
     try:
         scratch = os.path.join(tmp, 'disk')
         fmt = disk.create(path, scratch, os.path.getsize(path))
-        with attach.attached(scratch, fmt, conf) as target:
+        with attach.attached(scratch, fmt, conf,
+                             image=image or path) as target:
             facts['fstype'] = fs_type(target)
             if facts['fstype'] in EXT_TYPES:
                 try:
@@ -245,7 +246,7 @@ def _build_template(base, tpl, size, facts, conf, instance, image):
     try:
         fmt = disk.create(base, tmp, size, instance=instance, image=image,
                           cluster_size=conf.amiboot.overlay_cluster_size)
-        with attach.attached(tmp, fmt, conf) as target:
+        with attach.attached(tmp, fmt, conf, image=image) as target:
             grow(target, instance=instance, image=image,
                  fstype=facts['fstype'], checked=facts['clean'])
             fs = inject.GuestFS(target, instance=instance)

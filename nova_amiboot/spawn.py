@@ -277,7 +277,8 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
         # Once per base: concurrent first spawns wait for one check.
         with base_lock(cache, root):
             try:
-                facts = grow.base_facts(root.path, conf)
+                facts = grow.base_facts(root.path, conf,
+                                        image=req.image_id)
             except (OSError, exception.AmibootException) as e:
                 # Its scratch overlay is in the instances path: a full
                 # disk there is met here first.
@@ -312,8 +313,8 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
             grown = True
             utils.fdatasync(disk)
         else:
-            with attach.attached(disk, fmt, conf,
-                                 method=attach_method) as tg:
+            with attach.attached(disk, fmt, conf, method=attach_method,
+                                 image=req.image_id) as tg:
                 grown = customise(
                     tg, req, conf, facts, grown=tfacts is not None,
                     selinux=(tfacts or {}).get('selinux'),

@@ -20,6 +20,14 @@ LOG = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 3600
 
 
+def _refuse_untrusted_tool(cmd):
+    # Tools that parse untrusted bytes run only in the sandbox.
+    from nova_amiboot import sandbox
+    if os.path.basename(str(cmd[0])) in sandbox.TOOLS:
+        raise exception.AmibootException(
+            "%s must run through nova_amiboot.sandbox" % cmd[0])
+
+
 def execute(*cmd, **kwargs):
     """Run a host command through processutils; raise CommandFailed.
 
@@ -28,6 +36,7 @@ def execute(*cmd, **kwargs):
     default DEFAULT_TIMEOUT) bounds the run: the command is killed and
     CommandTimeout raised when it is over.
     """
+    _refuse_untrusted_tool(cmd)
     if shutil.which(cmd[0]) is None and not cmd[0].startswith('/'):
         raise exception.ToolMissing(tool=cmd[0])
     timeout = kwargs.pop('timeout', None) or DEFAULT_TIMEOUT
@@ -68,6 +77,7 @@ def execute_quick(*cmd, timeout=None):
     gives the child the default SIGPIPE that processutils' preexec_fn
     exists for. Same errors as execute(); returns (stdout, stderr) text.
     """
+    _refuse_untrusted_tool(cmd)
     if shutil.which(cmd[0]) is None and not cmd[0].startswith('/'):
         raise exception.ToolMissing(tool=cmd[0])
     timeout = timeout or DEFAULT_TIMEOUT

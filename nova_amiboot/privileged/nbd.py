@@ -256,7 +256,7 @@ def disconnect(device):
 
 @nova_amiboot.privileged.nbd_pctxt.entrypoint
 def run_e2fs(tool, device, options, requests=None, ok_codes=(0,),
-             size=None, out_limit=e2fs.DEFAULT_OUT):
+             size=None, out_limit=e2fs.DEFAULT_OUT, limits=None):
     """Run an e2fsprogs tool on an nbd device.
 
     Returns (stdout bytes, stderr, truncated); see e2fs.run. Options come
@@ -265,8 +265,11 @@ def run_e2fs(tool, device, options, requests=None, ok_codes=(0,),
     """
     _check_device(device)
     try:
+        # In the sandbox, as the tool user: the device is opened here and
+        # handed over as a descriptor (e2fs.run).
         return e2fs.run(tool, options, device, requests=requests,
-                        ok_codes=ok_codes, size=size, out_limit=out_limit)
+                        ok_codes=ok_codes, size=size, out_limit=out_limit,
+                        limits=limits)
     except e2fs.Failed as e:
         raise processutils.ProcessExecutionError(
             exit_code=e.code, cmd=tool, stderr=e.stderr)

@@ -31,7 +31,7 @@ from nova_amiboot.conf import CONF
 from nova_amiboot import domain
 from nova_amiboot import embedded
 from nova_amiboot import exception
-from nova_amiboot import utils
+from nova_amiboot import sandbox
 from nova_amiboot.virt import errors
 from nova_amiboot.virt import imagebackend
 
@@ -72,14 +72,19 @@ def _shared_base(disk_path, base_dir):
     then ends at it, which is what the empty <backingStore/> states.
     """
     try:
-        out, _err = utils.execute('qemu-img', 'info', '-U', '-f', 'qcow2',
-                                  '--output=json', disk_path)
+        # A disk the guest's QEMU can write: read in the sandbox.
+        out = sandbox.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
+                           '--output=json', disk_path], disk_path,
+                          files=[disk_path], timeout=60).text
         info = json.loads(out)
     except (exception.AmibootException, ValueError) as e:
         LOG.warning("Cannot read the backing file of %(disk)s: %(err)s",
                     {'disk': disk_path, 'err': e})
         return None
-    backing = info.get('full-backing-filename')
+    # Read through a descriptor: a relative name is relative to the disk.
+    backing = info.get('backing-filename')
+    if backing and not os.path.isabs(backing):
+        backing = os.path.join(os.path.dirname(disk_path), backing)
     if not backing or info.get('backing-filename-format') != 'raw':
         return None
     if (os.path.islink(backing)

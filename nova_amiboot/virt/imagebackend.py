@@ -35,6 +35,7 @@ from nova_amiboot.conf import CONF
 from nova_amiboot import disk as disk_mod
 from nova_amiboot import grow
 from nova_amiboot import inject
+from nova_amiboot import sandbox
 from nova_amiboot import spawn
 from nova_amiboot import utils
 from nova_amiboot.virt import errors
@@ -78,8 +79,10 @@ def image_cache(context, trusted_certs=None):
 
 
 def virtual_size(path):
-    out, _err = utils.execute('qemu-img', 'info', '-U', '-f', 'qcow2',
-                              '--output=json', path)
+    # A disk the guest's QEMU can write: read in the sandbox.
+    out = sandbox.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
+                       '--output=json', path], path, files=[path],
+                      timeout=60).text
     return json.loads(out)['virtual-size']
 
 
@@ -168,7 +171,8 @@ class AmibootQcow2(imagebackend.Qcow2):
         if facts is None:
             # Once per base: concurrent first spawns wait for one check.
             with spawn.base_lock(cache, root):
-                facts = grow.base_facts(root.path, CONF)
+                facts = grow.base_facts(root.path, CONF,
+                                        image=inst.image_ref)
         # Made whole in a scratch dir, then renamed into place: nova's
         # Image.cache() takes any disk that exists as done, so a spawn
         # killed midway must not leave half a disk at self.path. The
@@ -184,7 +188,8 @@ class AmibootQcow2(imagebackend.Qcow2):
             # A template's copy is grown already: with nothing to write,
             # no attach at all.
             if tfacts is None or spawn.wants(req, CONF) or files:
-                with attach.attached(tmp, fmt, CONF) as target:
+                with attach.attached(tmp, fmt, CONF,
+                                     image=req.image_id) as target:
                     spawn.customise(target, req, CONF, facts,
                                     grown=tfacts is not None,
                                     selinux=(tfacts or {}).get('selinux'),
@@ -228,11 +233,15 @@ class AmibootQcow2(imagebackend.Qcow2):
             if size <= current:
                 # Every hard reboot comes here: no work.
                 return
-            utils.execute('qemu-img', 'resize', '-q', '-f', 'qcow2',
-                          self.path, str(size))
+            sandbox.run(['qemu-img', 'resize', '-q', '-f', 'qcow2',
+                         self.path, str(size)], inst.image_ref, CONF,
+                        write=[self.path],
+                        timeout=CONF.amiboot.image_convert_timeout,
+                        timeout_name='[amiboot] image_convert_timeout')
             if not CONF.amiboot.grow_filesystem:
                 return
-            with attach.attached(self.path, 'qcow2', CONF) as target:
+            with attach.attached(self.path, 'qcow2', CONF,
+                                 image=inst.image_ref) as target:
                 # The disk has been used: a full e2fsck first.
                 grown = grow.grow(target, instance=inst.uuid,
                                   image=inst.image_ref)

@@ -269,8 +269,12 @@ class TestPrepare(base.RealToolsTestCase):
                         'raw', '-b', root.path, disk], check=True)
         with self.assertRaises(RuntimeError):
             with attach.attached(disk, 'qcow2', self.conf, 'fuse') as tg:
-                self.assertTrue(attach.fuse_mounted(tg.path))
+                # Served in the sandbox: its FUSE mount is in the
+                # sandbox's mount namespace, never on the host.
+                self.assertEqual([], base.fuse_exports())
+                self.assertFalse(attach.fuse_mounted(tg.path))
                 self.assertTrue(base.live_processes('qemu-storage-daemon'))
+                tg.run('dumpe2fs', ['-h'])
                 raise RuntimeError('boom')
         # assertNothingLeaked runs at clean-up.
 
