@@ -21,6 +21,7 @@ import tempfile
 from oslo_log import log as logging
 
 from nova_amiboot import exception
+from nova_amiboot import sandbox
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -157,13 +158,15 @@ class ModuleIndex(object):
 
     def depends(self, name):
         if name not in self._deps:
-            out, _err = utils.execute('modinfo', '-F', 'depends',
-                                      self.files[name])
+            # The module may come from an image: in the sandbox.
+            path = self.files[name]
+            out = sandbox.run(['modinfo', '-F', 'depends', path], path,
+                              files=[path]).text
             deps = [_module_name(d) for d in out.strip().split(',') if d]
             # softdep "pre:" modules must be loaded first as well; modprobe
             # honours them and so do we.
-            out, _err = utils.execute('modinfo', '-F', 'softdep',
-                                      self.files[name])
+            out = sandbox.run(['modinfo', '-F', 'softdep', path], path,
+                              files=[path]).text
             for line in out.splitlines():
                 m = re.match(r'\s*pre:\s*(.*)', line)
                 if m:
@@ -204,9 +207,15 @@ def _decompress_module(src, dst):
         return
     tool = {'.xz': ['xz', '-dc'], '.zst': ['zstd', '-dcq'],
             '.gz': ['gzip', '-dc']}[os.path.splitext(src)[1]]
-    out, _err = utils.execute(*(tool + [src]), binary=True)
+    # In the sandbox (the module may come from an image), bounded.
+    res = sandbox.run(tool + [src], src, files=[src],
+                      out_limit=sandbox.MAX_OUT)
+    if res.truncated:
+        raise exception.ARIBuildFailed(
+            reason="module %s decompresses to over %d bytes"
+                   % (src, sandbox.MAX_OUT))
     with open(dst, 'wb') as f:
-        f.write(out)
+        f.write(res.out)
 
 
 def _write_cpio(tree, output):

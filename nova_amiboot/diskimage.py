@@ -41,7 +41,7 @@ from nova_amiboot import exception
 from nova_amiboot import inject
 from nova_amiboot.privileged import e2fs
 from nova_amiboot import safety
-from nova_amiboot import utils
+from nova_amiboot import sandbox
 
 LOG = logging.getLogger(__name__)
 
@@ -178,26 +178,34 @@ def _range_opts(src, fmt, offset, size):
     return 'driver=raw,offset=%d,size=%d,%s' % (offset, size, inner)
 
 
-def copy_range(src, fmt, offset, size, dst):
+def copy_range(src, fmt, offset, size, dst, image=None, conf=None):
     """Copy a byte range of the disk into the raw file ``dst`` (sparse)."""
-    utils.execute('qemu-img', 'convert', '-q', '--image-opts',
-                  _range_opts(src, fmt, offset, size), '-O', 'raw', dst)
+    os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    lim = sandbox.Limits.from_conf(
+        conf, timeout=conf.amiboot.image_convert_timeout,
+        timeout_name='[amiboot] image_convert_timeout') if conf \
+        else sandbox.Limits()
+    with sandbox.Run(image or src, lim) as r:
+        r.execute(['qemu-img', 'convert', '-q', '--image-opts',
+                   _range_opts(r.file(src), fmt, offset, size), '-O', 'raw',
+                   r.file(dst, write=True)])
     with open(dst, 'r+b') as f:
         f.truncate(size)
 
 
-def read_partitions(src, fmt, vsize, work, image):
+def read_partitions(src, fmt, vsize, work, image, conf=None):
     """The disk's partitions per sfdisk; [whole disk] if it has none."""
     if fmt == 'raw':
         table_file = src
     else:
         table_file = os.path.join(work, 'table.raw')
-        copy_range(src, fmt, 0, min(TABLE_BYTES, vsize), table_file)
+        copy_range(src, fmt, 0, min(TABLE_BYTES, vsize), table_file, image,
+                   conf)
         with open(table_file, 'r+b') as f:
             f.truncate(vsize)
     try:
-        out, _err = utils.execute('sfdisk', '--json', table_file,
-                                  env_variables=_C_LOCALE)
+        out = sandbox.run(['sfdisk', '--json', table_file], image,
+                          files=[table_file]).text
     except exception.CommandFailed as e:
         if 'does not contain a recognized partition table' in str(e):
             return [Partition(0, 0, vsize)]
@@ -232,15 +240,16 @@ def _rank(part):
     return 3
 
 
-def probe(src, fmt, part, work):
+def probe(src, fmt, part, work, conf=None):
     """Fill in fstype/label/uuid of ``part`` from its first MiB."""
     path = os.path.join(work, 'probe-%d' % part.number)
-    copy_range(src, fmt, part.start, min(PROBE_BYTES, part.size), path)
+    copy_range(src, fmt, part.start, min(PROBE_BYTES, part.size), path,
+               conf=conf)
     with open(path, 'r+b') as f:
         f.truncate(part.size)
     try:
-        out, _err = utils.execute('blkid', '-p', '-o', 'export', path,
-                                  check_exit_code=[0, 2])
+        out = sandbox.run(['blkid', '-p', '-o', 'export', path], src,
+                          files=[path], ok_codes=(0, 2)).text
     finally:
         os.unlink(path)
     values = dict(line.split('=', 1) for line in out.splitlines()
@@ -279,8 +288,10 @@ class ImageFS(inject.GuestFS):
     before use. ``stat`` output is never parsed.
     """
 
-    def __init__(self, path, image):
-        super().__init__(attach.Target(path, 'file'), instance=image)
+    def __init__(self, path, image, conf=None):
+        lim = sandbox.Limits.from_conf(conf) if conf else sandbox.Limits()
+        super().__init__(attach.Target(path, 'file', image=image,
+                                       limits=lim), instance=image)
         self.image = image
 
     def _fail(self, what, reason):
@@ -360,27 +371,34 @@ class ImageFS(inject.GuestFS):
             self._fail(path, "work path not usable in a debugfs script")
         return path
 
-    def _run(self, lines, write=False, what='files'):
+    def _run(self, lines, write=False, what='files', outdir=None,
+             indirs=()):
         """Run our own debugfs script on our file; return (stdout, errors).
 
         Every line is built in this class from checked names, inode numbers
-        and host paths of our work directory.
+        and host paths of our work directory. In the sandbox: ``outdir``
+        (a private directory the script writes into) and ``indirs`` (that
+        it reads from) are its only host directories.
         """
         for line in lines:
             if not line.isascii() or not line.isprintable() or \
                     len(line) >= _MAX_LINE:
                 self._fail(what, "debugfs line too long or not one line")
-        cmd = ['debugfs'] + (['-w'] if write else []) + \
-            ['-f', '-', self.target.path]
         script = ''.join(line + '\n' for line in lines).encode('ascii')
         try:
-            out, err = utils.execute(
-                *cmd, process_input=script, binary=True,
-                env_variables=_C_LOCALE, timeout=DEBUGFS_TIMEOUT)
+            with sandbox.Run(self.image, self.target.limits or
+                             sandbox.Limits()) as r:
+                cmd = ['debugfs'] + (['-w'] if write else []) + \
+                    ['-f', '-', r.file(self.target.path, write=write)]
+                if outdir:
+                    r.outdir(outdir)
+                for d in indirs:
+                    r.outdir(d, write=False)
+                res = r.execute(cmd, stdin=script)
         except exception.CommandFailed as e:
             self._fail(what, str(e))
-        out = out.decode('utf-8', 'replace')
-        errors = [line for line in err.decode('utf-8', 'replace').splitlines()
+        out, err = res.text, res.err
+        errors = [line for line in err.splitlines()
                   if line.strip() and not inject._BANNER.fullmatch(
                       line.strip())]
         return out, errors
@@ -405,7 +423,7 @@ class ImageFS(inject.GuestFS):
             out_file = os.path.join(private, 'file')
             _out, errors = self._run(['dump <%d> %s'
                                       % (inode.ino, self._host(out_file))],
-                                     what=path)
+                                     what=path, outdir=private)
             if errors:
                 self._fail(path, '; '.join(errors))
             got = os.lstat(out_file).st_size \
@@ -479,7 +497,7 @@ class ImageFS(inject.GuestFS):
             lines = ['rdump %s %s' % (path, dest)]
             result = os.path.join(dest, os.path.basename(path))
         if lines:
-            _out, errors = self._run(lines, what=path)
+            _out, errors = self._run(lines, what=path, outdir=dest)
             if errors:
                 self._fail(path, '; '.join(errors))
         total = 0
@@ -624,13 +642,21 @@ def _merge_boot(root_fs, boot_tree, image):
                    'sif %s mode 0%o' % (name, 0o100000 | mode),
                    'sif %s uid 0' % name, 'sif %s gid 0' % name]
     if files_wanted or len(dirs_wanted) > 1 or found['/boot'] is None:
-        _out, errors = root_fs._run(script, write=True, what='/boot')
+        _out, errors = root_fs._run(script, write=True, what='/boot',
+                                    indirs=[boot_tree])
         if errors:
             _fail(image, "cannot move /boot into the root: %s"
                   % '; '.join(errors))
 
 
-def check_fs(path, image):
+def _fs_tool(cmd, path, image, conf, write=True, ok_codes=(0,)):
+    lim = sandbox.Limits.from_conf(conf) if conf else sandbox.Limits()
+    with sandbox.Run(image, lim) as r:
+        argv = [r.file(c, write=write) if c == path else c for c in cmd]
+        return r.execute(argv, ok_codes=ok_codes).text
+
+
+def check_fs(path, image, conf=None):
     """e2fsck -fy our copy: replays the journal before anything is edited.
 
     debugfs ignores the journal; an edit made before a replay would be
@@ -638,24 +664,26 @@ def check_fs(path, image):
     disk image saved from a running system).
     """
     try:
-        utils.execute('e2fsck', '-fy', path, check_exit_code=[0, 1, 2])
+        _fs_tool(['e2fsck', '-fy', path], path, image, conf,
+                 ok_codes=(0, 1, 2))
     except exception.CommandFailed as e:
         _fail(image, "its root filesystem is damaged beyond repair: %s" % e)
 
 
-def finish_fs(path, label, image):
+def finish_fs(path, label, image, conf=None):
     """Label, shrink, zero free blocks, trim the file to the filesystem."""
     try:
-        utils.execute('e2fsck', '-fy', path, check_exit_code=[0, 1])
+        _fs_tool(['e2fsck', '-fy', path], path, image, conf,
+                 ok_codes=(0, 1))
         if label:
-            utils.execute('tune2fs', '-L', label, path)
-        utils.execute('resize2fs', '-M', path)
+            _fs_tool(['tune2fs', '-L', label, path], path, image, conf)
+        _fs_tool(['resize2fs', '-M', path], path, image, conf)
         # On a regular file e2fsprogs' discard punches holes: free blocks
         # read as zeros afterwards (and take no space).
-        utils.execute('e2fsck', '-fy', '-E', 'discard', path,
-                      check_exit_code=[0, 1])
-        out, _err = utils.execute('dumpe2fs', '-h', path,
-                                  env_variables=_C_LOCALE)
+        _fs_tool(['e2fsck', '-fy', '-E', 'discard', path], path, image,
+                 conf, ok_codes=(0, 1))
+        out = _fs_tool(['dumpe2fs', '-h', path], path, image, conf,
+                       write=False)
     except exception.CommandFailed as e:
         _fail(image, "its root filesystem cannot be checked or shrunk: %s"
               % e)
@@ -681,18 +709,18 @@ def convert(src, image, work, conf, kernel_version=None,
             reason="kernel version %r is not a plain version" %
                    kernel_version)
     fmt, vsize = inspect_source(src, image, conf)
-    parts = read_partitions(src, fmt, vsize, work, image)
+    parts = read_partitions(src, fmt, vsize, work, image, conf)
     ranked = sorted((p for p in parts if _rank(p) is not None),
                     key=lambda p: (_rank(p), p.number))
     for p in ranked:
-        probe(src, fmt, p, work)
+        probe(src, fmt, p, work, conf)
     refused, root, root_fs, boot_tree = [], None, None, None
     for p in ranked:
         if p.fstype in EXT_TYPES:
             path = os.path.join(work, 'part-%d.img' % p.number)
-            copy_range(src, fmt, p.start, p.size, path)
-            check_fs(path, image)
-            fs = ImageFS(path, image)
+            copy_range(src, fmt, p.start, p.size, path, image, conf)
+            check_fs(path, image, conf)
+            fs = ImageFS(path, image, conf)
             if root is None and is_linux_root(fs):
                 root, root_fs = p, fs
                 continue
@@ -747,7 +775,7 @@ def convert(src, image, work, conf, kernel_version=None,
     fstab = root_fs.read_text('/etc/fstab', work)
     new_fstab, dropped = rewrite_fstab(fstab, label, root.fstype)
     root_fs.write('/etc/fstab', new_fstab.encode(), mode=0o644)
-    size = finish_fs(root_fs.target.path, label, image)
+    size = finish_fs(root_fs.target.path, label, image, conf)
     root_path = os.path.join(work, 'root.img')
     os.rename(root_fs.target.path, root_path)
     cmdline = 'root=LABEL=%s %s' % (label, DEFAULT_CMDLINE)

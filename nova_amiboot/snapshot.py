@@ -10,6 +10,7 @@ snapshot keeps the source AMI's kernel, ramdisk and properties
 (``os_command_line`` included): it shares their AKI and ARI.
 """
 
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from nova_amiboot import embedded
 from nova_amiboot import exception
 from nova_amiboot import inject
 from nova_amiboot import safety
-from nova_amiboot import utils
+from nova_amiboot import sandbox
 
 LOG = logging.getLogger(__name__)
 
@@ -84,8 +85,7 @@ def remove_injected(fs, base_fs, work):
 
 
 def _label(path):
-    out, _err = utils.execute('dumpe2fs', '-h', path,
-                              env_variables=diskimage._C_LOCALE)
+    out = sandbox.run(['dumpe2fs', '-h', path], path, files=[path]).text
     m = re.search(r'^Filesystem volume name:\s+(\S*)', out, re.M)
     label = m.group(1) if m else ''
     return None if label in ('', '<none>') else label
@@ -110,16 +110,30 @@ def snapshot(cloud, instance, name, keep_injected=False):
         root = os.path.join(work, 'root.img')
         # -f as libvirt runs it; the overlay's backing format is in its
         # header, written by us (backing_fmt=raw).
-        utils.execute('qemu-img', 'convert', '-q', '-f', fmt, '-O', 'raw',
-                      disk, root)
+        os.close(os.open(root, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        lim = sandbox.Limits.from_conf(
+            cloud.conf, timeout=cloud.conf.amiboot.image_convert_timeout,
+            timeout_name='[amiboot] image_convert_timeout')
+        with sandbox.Run(instance, lim) as r:
+            # In the sandbox only the disk and its cached base exist:
+            # whatever else the header names cannot be opened.
+            spec = {'driver': fmt,
+                    'file': {'driver': 'file', 'filename': r.file(disk)}}
+            backing = sandbox.backing_of(disk, fmt)
+            if fmt == 'qcow2':
+                spec['backing'] = None if backing is None else {
+                    'driver': 'raw', 'file': {
+                        'driver': 'file', 'filename': r.file(backing)}}
+            r.execute(['qemu-img', 'convert', '-q', '-O', 'raw',
+                       'json:' + json.dumps(spec), r.file(root, write=True)])
         label = instance + ' snapshot'
-        diskimage.check_fs(root, label)
+        diskimage.check_fs(root, label, cloud.conf)
         removed = []
         if not keep_injected:
-            fs = diskimage.ImageFS(root, label)
-            base_fs = diskimage.ImageFS(base, source.name)
+            fs = diskimage.ImageFS(root, label, cloud.conf)
+            base_fs = diskimage.ImageFS(base, source.name, cloud.conf)
             removed = remove_injected(fs, base_fs, work)
-        diskimage.finish_fs(root, _label(root), label)
+        diskimage.finish_fs(root, _label(root), label, cloud.conf)
         safety.inspect(root, 'ami', name, cloud.conf)
         props = dict(source.properties)
         props.update(snapshot_of=inst.name, base_image_ref=source.id)

@@ -23,8 +23,10 @@ import time
 
 from oslo_concurrency import processutils
 
+from nova_amiboot import exception
 import nova_amiboot.privileged
 from nova_amiboot.privileged import e2fs
+from nova_amiboot import sandbox
 
 _DEVICE = re.compile(r'/dev/nbd[0-9]{1,4}')
 # Nova's and amiboot's instance directories are named by uuid; the base
@@ -132,17 +134,17 @@ def _check_base(path):
 
 
 def _info(fd, fmt):
-    # The header as qemu-img reads it from the file opened here, under
-    # limits (a hostile header can make qemu-img work hard).
-    p = subprocess.run(
-        ['prlimit', '--cpu=30', '--as=%d' % 1024 ** 3, 'qemu-img', 'info',
-         '-f', fmt, '--output=json', '/proc/self/fd/%d' % fd],
-        pass_fds=[fd], capture_output=True, timeout=60,
-        env={'LC_ALL': 'C', 'PATH': os.environ.get('PATH', '/usr/bin')})
-    if p.returncode:
-        raise ValueError("qemu-img info failed: %s"
-                         % p.stderr.decode('utf-8', 'replace')[:500])
-    return json.loads(p.stdout)
+    # The header as qemu-img reads it from the file opened here, in the
+    # sandbox (as the tool user, never root) under limits: a hostile
+    # header can make qemu-img work hard.
+    try:
+        with sandbox.Run('instance disk', sandbox.Limits(
+                timeout=60, cpu=30, memory_mb=512)) as r:
+            res = r.execute(['qemu-img', 'info', '-f', fmt,
+                             '--output=json', r.fd(fd)])
+    except exception.AmibootException as e:
+        raise ValueError("qemu-img info failed: %s" % e)
+    return json.loads(res.out)
 
 
 def image_opts(disk_fd, fmt, backing_fd=None):
