@@ -1,7 +1,7 @@
 #!/bin/bash
 # devstack plugin for nova-amiboot: the AMI boot method for nova-compute.
 
-NOVA_AMIBOOT_PACKAGES="qemu-utils e2fsprogs fuse3 busybox-static cpio kmod"
+NOVA_AMIBOOT_PACKAGES="qemu-utils e2fsprogs fuse3 busybox-static cpio kmod bubblewrap util-linux"
 
 # What a compute node needs (nova.conf settings, the rootwrap filter, the
 # compute command, the image upload) comes from one script, which
@@ -11,6 +11,12 @@ source $NOVA_AMIBOOT_DIR/devstack/amiboot-compute.sh
 function install_nova_amiboot {
     install_package $NOVA_AMIBOOT_PACKAGES
     setup_develop $NOVA_AMIBOOT_DIR
+    # Host tools on untrusted bytes run sandboxed as this user when the
+    # driver's privileged side runs them ([amiboot] tool_user).
+    if ! getent passwd amiboot-tool >/dev/null; then
+        sudo useradd --system --user-group --no-create-home \
+            --home-dir /nonexistent --shell /usr/sbin/nologin amiboot-tool
+    fi
 }
 
 # Everything but compute_driver (set when n-cpu restarts, below).

@@ -19,7 +19,7 @@ packages=(
     qemu-system-x86 qemu-utils qemu-block-extra e2fsprogs
     libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
     python3-dev python3-venv
-    busybox-static cpio kmod dpkg xz-utils zstd fuse3
+    busybox-static cpio kmod dpkg xz-utils zstd fuse3 bubblewrap util-linux
     iproute2 openssh-client openssl debootstrap fdisk
     dosfstools btrfs-progs xfsprogs
 )
@@ -95,7 +95,25 @@ start_libvirt() {
     exit 1
 }
 
+# Tools that read untrusted bytes run sandboxed as this user (nova_amiboot.
+# sandbox, [amiboot] tool_user): neither root nor the QEMU user.
+tool_user() {
+    local user=${AMIBOOT_TOOL_USER:-amiboot-tool}
+    if ! getent passwd "$user" >/dev/null; then
+        log "creating system user $user (sandboxed host tools)"
+        useradd --system --user-group --no-create-home \
+            --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
+    fi
+    # qemu-storage-daemon mounts its FUSE export inside the sandbox as that
+    # user. fuse3's udev rule makes /dev/fuse 0666; without udev
+    # (containers) it can stay root-only: do what udev would do.
+    if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != 666 ]; then
+        chmod 0666 /dev/fuse
+    fi
+}
+
 install_packages
+tool_user
 # tools/cloud needs the host (packages, libvirtd) but not the test venv.
 if [ "${AMIBOOT_SETUP_VENV:-yes}" = yes ]; then
     make_venv

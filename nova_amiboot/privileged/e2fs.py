@@ -244,12 +244,12 @@ def run(tool, options, target, requests=None, ok_codes=(0,), size=None,
     ``session``: a sandbox.Session serving the disk (the FUSE route);
     ``target`` is then ignored.
     """
+    cmd = argv(tool, options, target, size)
     codes = _check_codes(ok_codes)
     if not isinstance(out_limit, int) or not 0 < out_limit <= MAX_OUT:
         raise RequestRefused("output limit %r out of range" % (out_limit,))
     if (tool == 'debugfs') != (requests is not None):
         raise RequestRefused("requests go with debugfs only")
-    cmd = argv(tool, options, target, size)
     if shutil.which(tool) is None:
         raise FileNotFoundError("%s is not installed" % tool)
     lim = sandbox.limits(limits)
@@ -282,6 +282,9 @@ def run(tool, options, target, requests=None, ok_codes=(0,), size=None,
     except exception.CommandFailed as e:
         # Killed by a signal (the sandbox) or a failure of the sandbox.
         raise Failed(tool, e.kwargs.get('code'), e.kwargs.get('stderr', ''))
+    except OSError as e:
+        # The target could not be opened to hand it over.
+        raise Failed(tool, None, "%s: %s" % (target, e.strerror))
     finally:
         for fd in memfds:
             os.close(fd)

@@ -84,6 +84,10 @@ class TestNbdAttach(unittest.TestCase):
                 tg.debugfs([('imap', '/etc')])
         self.assertEqual([
             mock.call('blkid', '/dev/nbd3', ['-p'], ok_codes=(0,),
-                      size=None),
+                      size=None, limits=mock.ANY),
             mock.call('debugfs', '/dev/nbd3', [], requests=[('imap', '/etc')],
-                      out_limit=e2fs.DEFAULT_OUT)], run.call_args_list)
+                      out_limit=e2fs.DEFAULT_OUT, limits=mock.ANY)],
+            run.call_args_list)
+        # The sandbox's limits travel with every request.
+        self.assertEqual(self.conf.amiboot.tool_memory_mb,
+                         run.call_args_list[0][1]['limits']['memory_mb'])
