@@ -17,6 +17,7 @@ import shutil
 from lxml import etree
 from oslo_log import log as logging
 
+from nova_amiboot import disk as disk_mod
 from nova_amiboot import diskimage
 from nova_amiboot import embedded
 from nova_amiboot import exception
@@ -108,10 +109,12 @@ def snapshot(cloud, instance, name, keep_injected=False):
     work = diskimage.work_dir(os.path.join(cloud.state_dir, 'tmp'))
     try:
         root = os.path.join(work, 'root.img')
-        # -f as libvirt runs it; the overlay's backing format is in its
-        # header, written by us (backing_fmt=raw).
-        utils.execute('qemu-img', 'convert', '-q', '-f', fmt, '-O', 'raw',
-                      disk, root)
+        # The guest's QEMU owned the disk and may have rewritten its
+        # header: the format is libvirt's, the backing the source AMI's
+        # base (whatever the header names), a data file refused.
+        disk_mod.check_header(disk, fmt, inst.name)
+        utils.execute('qemu-img', 'convert', '-q', '-O', 'raw',
+                      disk_mod.json_filename(disk, fmt, base), root)
         label = instance + ' snapshot'
         diskimage.check_fs(root, label)
         removed = []
