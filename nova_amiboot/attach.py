@@ -15,6 +15,7 @@ FUSE mount gone, the nbd device disconnected, even when the body fails.
 
 import contextlib
 import glob
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from oslo_concurrency import lockutils
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 
+from nova_amiboot import disk as disk_mod
 from nova_amiboot import exception
 from nova_amiboot.privileged import e2fs
 from nova_amiboot.privileged import nbd as priv_nbd
@@ -109,12 +111,43 @@ def fuse_mounted(path):
     return False
 
 
+# backing= for a disk that no guest ever ran on (tests, tools that made it
+# themselves): its header's backing file is taken as it is.
+HEADER = object()
+
+
+def _stated_backing(disk, fmt, backing):
+    """The raw base the qcow2 ``disk`` is opened over (None: no backing).
+
+    A disk a guest's QEMU has owned may have a rewritten header: its
+    backing is the one given, or the one recorded when we made the
+    overlay, never the header's; a header naming a data file is refused.
+    """
+    if fmt != 'qcow2':
+        return None
+    if backing is HEADER:
+        return disk_mod.header_backing(disk)
+    disk_mod.check_header(disk, fmt)
+    backing = backing or disk_mod.recorded_backing(disk)
+    if backing is None:
+        raise exception.AttachFailed(
+            path=disk, reason="its base is not recorded and was not given")
+    return backing
+
+
 @contextlib.contextmanager
-def attached(disk, fmt, conf, method=None):
-    """Yield a Target for ``disk`` (format ``fmt``) and release it after."""
+def attached(disk, fmt, conf, method=None, backing=None):
+    """Yield a Target for ``disk`` (format ``fmt``) and release it after.
+
+    ``backing``: the raw base a qcow2 ``disk`` is opened over (default: the
+    one recorded when it was made; HEADER: the header's, for disks no guest
+    ever ran on). Whatever the header names is never opened otherwise.
+    """
     method = method or choose_method(conf)
+    if os.path.exists(disk):
+        backing = _stated_backing(disk, fmt, backing)
     if method == 'fuse':
-        cm = _fuse(disk, fmt, conf.amiboot.attach_timeout)
+        cm = _fuse(disk, fmt, conf.amiboot.attach_timeout, backing)
     elif method == 'nbd':
         cm = _nbd(disk, fmt, conf.amiboot.attach_timeout)
     else:
@@ -150,7 +183,7 @@ def reap_stale_exports():
 
 
 @contextlib.contextmanager
-def _fuse(disk, fmt, timeout):
+def _fuse(disk, fmt, timeout, backing=None):
     reap_stale_exports()
     workdir = utils.owned_tempdir(_EXPORT_PREFIX)
     mnt = os.path.join(workdir, 'disk')
@@ -169,7 +202,7 @@ def _fuse(disk, fmt, timeout):
                 # end (below).
                 '--blockdev', 'driver=file,node-name=file0,'
                 'cache.no-flush=on,filename=%s' % _qemu_opt(disk),
-                '--blockdev', 'driver=%s,node-name=fmt0,file=file0' % fmt,
+                '--blockdev', _format_node(fmt, backing),
                 '--export', 'type=fuse,id=exp0,node-name=fmt0,'
                 'mountpoint=%s,writable=on' % _qemu_opt(mnt),
                 '--pidfile', pidfile, '--daemonize',
@@ -193,6 +226,16 @@ def _fuse(disk, fmt, timeout):
     # The daemon wrote everything to the page cache when it stopped; make
     # it durable before anyone boots from the disk.
     utils.fdatasync(disk)
+
+
+def _format_node(fmt, backing):
+    """The format node's --blockdev (JSON): the chain stated, for qcow2."""
+    node = {'driver': fmt, 'node-name': 'fmt0', 'file': 'file0'}
+    if fmt == 'qcow2':
+        node['backing'] = None if backing is None else {
+            'driver': 'raw', 'read-only': True,
+            'file': {'driver': 'file', 'filename': backing}}
+    return json.dumps(node)
 
 
 def _qemu_opt(value):

@@ -71,11 +71,23 @@ def record_backing(path, base):
 
 
 def recorded_backing(path):
-    """The base recorded when the overlay ``path`` was made, or None."""
+    """The base recorded when the overlay ``path`` (or fd) was made."""
     try:
         return os.fsdecode(os.getxattr(path, _BACKING_XATTR))
     except OSError:
         return None
+
+
+def header_backing(path):
+    """The backing file the qcow2 header of ``path`` names, or None.
+
+    Only for disks no guest ever ran on: the header is the guest's to
+    rewrite otherwise.
+    """
+    out, _err = utils.execute('qemu-img', 'info', '-U', '-f', 'qcow2',
+                              '--output=json', path)
+    info = json.loads(out)
+    return info.get('full-backing-filename') or info.get('backing-filename')
 
 
 def check_header(path, fmt, instance='?'):

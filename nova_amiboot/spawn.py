@@ -312,8 +312,8 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
             grown = True
             utils.fdatasync(disk)
         else:
-            with attach.attached(disk, fmt, conf,
-                                 method=attach_method) as tg:
+            with attach.attached(disk, fmt, conf, method=attach_method,
+                                 backing=root.path) as tg:
                 grown = customise(
                     tg, req, conf, facts, grown=tfacts is not None,
                     selinux=(tfacts or {}).get('selinux'),

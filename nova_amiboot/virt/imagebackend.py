@@ -184,7 +184,8 @@ class AmibootQcow2(imagebackend.Qcow2):
             # A template's copy is grown already: with nothing to write,
             # no attach at all.
             if tfacts is None or spawn.wants(req, CONF) or files:
-                with attach.attached(tmp, fmt, CONF) as target:
+                with attach.attached(tmp, fmt, CONF,
+                                     backing=root.path) as target:
                     spawn.customise(target, req, CONF, facts,
                                     grown=tfacts is not None,
                                     selinux=(tfacts or {}).get('selinux'),
@@ -224,15 +225,25 @@ class AmibootQcow2(imagebackend.Qcow2):
             return super().resize_image(size)
         inst = self.instance
         with errors.as_nova_errors(inst.image_ref):
+            # The guest's QEMU has owned this disk: a header naming a data
+            # file is refused before any tool opens it, and every opener
+            # states the backing (the recorded base, or the image's base
+            # in this host's cache for a disk copied here by a migration).
+            disk_mod.check_header(self.path, 'qcow2', inst.uuid)
+            base = disk_mod.recorded_backing(self.path) or os.path.join(
+                CONF.instances_path, CONF.image_cache.subdirectory_name,
+                cache_mod.base_name(inst.image_ref))
             current = virtual_size(self.path)
             if size <= current:
                 # Every hard reboot comes here: no work.
                 return
-            utils.execute('qemu-img', 'resize', '-q', '-f', 'qcow2',
-                          self.path, str(size))
+            utils.execute('qemu-img', 'resize', '-q',
+                          disk_mod.json_filename(self.path, 'qcow2', base),
+                          str(size))
             if not CONF.amiboot.grow_filesystem:
                 return
-            with attach.attached(self.path, 'qcow2', CONF) as target:
+            with attach.attached(self.path, 'qcow2', CONF,
+                                 backing=base) as target:
                 # The disk has been used: a full e2fsck first.
                 grown = grow.grow(target, instance=inst.uuid,
                                   image=inst.image_ref)
