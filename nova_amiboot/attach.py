@@ -232,9 +232,7 @@ def _format_node(fmt, backing):
     """The format node's --blockdev (JSON): the chain stated, for qcow2."""
     node = {'driver': fmt, 'node-name': 'fmt0', 'file': 'file0'}
     if fmt == 'qcow2':
-        node['backing'] = None if backing is None else {
-            'driver': 'raw', 'read-only': True,
-            'file': {'driver': 'file', 'filename': backing}}
+        node['backing'] = disk_mod.backing_node(backing)
     return json.dumps(node)
 
 

@@ -17,7 +17,6 @@ import dataclasses
 import errno
 import glob
 import hashlib
-import json
 import os
 import re
 import threading
@@ -27,6 +26,7 @@ import fasteners
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
+from nova_amiboot import disk as disk_mod
 from nova_amiboot import exception
 from nova_amiboot import grow
 from nova_amiboot import safety
@@ -448,12 +448,9 @@ def _copied_from(path, base_dir):
 def backing_file(disk):
     """The backing file of our own qcow2 overlay, or None."""
     try:
-        out, _err = utils.execute('qemu-img', 'info', '-f', 'qcow2',
-                                  '--output=json', '-U', disk)
+        return disk_mod.header_backing(disk)
     except exception.CommandFailed:
         return None
-    info = json.loads(out)
-    return info.get('full-backing-filename') or info.get('backing-filename')
 
 
 # The disk_format a base was fetched as, kept on the base's own inode.

@@ -119,10 +119,16 @@ def spec(path, fmt, backing=None):
     """
     node = {'driver': fmt, 'file': {'driver': 'file', 'filename': path}}
     if fmt == 'qcow2':
-        node['backing'] = None if backing is None else {
-            'driver': 'raw', 'read-only': True,
-            'file': {'driver': 'file', 'filename': backing}}
+        node['backing'] = backing_node(backing)
     return node
+
+
+def backing_node(backing):
+    """QEMU's node for the raw base ``backing`` (None: no backing)."""
+    if backing is None:
+        return None
+    return {'driver': 'raw', 'read-only': True,
+            'file': {'driver': 'file', 'filename': backing}}
 
 
 def json_filename(path, fmt, backing=None):

@@ -256,10 +256,9 @@ def probe(src, fmt, part, work):
 # Host paths that go into our own debugfs scripts (the work directory and
 # what we make in it): one plain word for debugfs's parser.
 _HOST_PATH = re.compile(r'/[A-Za-z0-9_@+:./-]{1,1023}')
-# One entry of debugfs ``ls -p``: /inode/mode/uid/gid/name/size/. Only the
-# name is taken from it, and only after the grammar and a secure lookup.
-_LS_P = re.compile(r'/[0-9]+/[0-7]+/[0-9]+/[0-9]+/(.*)/[0-9]*/')
-_LS_P_FULL = re.compile(
+# One entry of debugfs ``ls -p``: /inode/mode/uid/gid/name/size/. Names
+# are used only after the grammar (and, in listdir, a secure lookup).
+_LS_P = re.compile(
     r'/([0-9]{1,10})/([0-7]{1,7})/[0-9]+/[0-9]+/(.*)/([0-9]*)/')
 # Bounds of a tree extracted from an image (a modules tree has ~4,000).
 MAX_TREE_ENTRIES = 100000
@@ -453,7 +452,7 @@ class ImageFS(inject.GuestFS):
             m = _LS_P.fullmatch(line)
             if not m:
                 continue
-            name = m.group(1)
+            name = m.group(3)
             if name in ('.', '..') or not e2fs.NAME.fullmatch(name):
                 # Not a name we can use safely: left out.
                 continue
@@ -476,7 +475,7 @@ class ImageFS(inject.GuestFS):
             self._fail(where, '; '.join(errors))
         entries, seen = [], set()
         for line in out.splitlines():
-            m = _LS_P_FULL.fullmatch(line)
+            m = _LS_P.fullmatch(line)
             if not m:
                 continue
             child, mode, name, size = (int(m.group(1)), int(m.group(2), 8),
