@@ -1,7 +1,8 @@
 #!/bin/bash
 # devstack plugin for nova-amiboot: the AMI boot method for nova-compute.
 
-NOVA_AMIBOOT_PACKAGES="qemu-utils e2fsprogs fuse3 busybox-static cpio kmod bubblewrap util-linux"
+# System packages: devstack installs devstack/files/bindep.txt (a copy of
+# the top-level bindep.txt) with the default profile before this runs.
 
 # What a compute node needs (nova.conf settings, the rootwrap filter, the
 # compute command, the image upload) comes from one script, which
@@ -9,7 +10,6 @@ NOVA_AMIBOOT_PACKAGES="qemu-utils e2fsprogs fuse3 busybox-static cpio kmod bubbl
 source $NOVA_AMIBOOT_DIR/devstack/amiboot-compute.sh
 
 function install_nova_amiboot {
-    install_package $NOVA_AMIBOOT_PACKAGES
     setup_develop $NOVA_AMIBOOT_DIR
     # Host tools on untrusted bytes run sandboxed as this user when the
     # driver's privileged side runs them ([amiboot] tool_user).

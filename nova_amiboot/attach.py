@@ -16,13 +16,13 @@ FUSE mount gone, the nbd device disconnected, even when the body fails.
 import contextlib
 import glob
 import os
-import signal
 import time
 
 from oslo_concurrency import lockutils
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 
+from nova_amiboot import disk as disk_mod
 from nova_amiboot import exception
 from nova_amiboot.privileged import e2fs
 from nova_amiboot.privileged import nbd as priv_nbd
@@ -132,16 +132,46 @@ def fuse_mounted(path):
     return False
 
 
+# backing= for a disk that no guest ever ran on (tests, tools that made it
+# themselves): its header's backing file is taken as it is.
+HEADER = object()
+
+
+def _stated_backing(disk, fmt, backing):
+    """The raw base the qcow2 ``disk`` is opened over (None: no backing).
+
+    A disk a guest's QEMU has owned may have a rewritten header: its
+    backing is the one given, or the one recorded when we made the
+    overlay, never the header's; a header naming a data file is refused.
+    """
+    if fmt != 'qcow2':
+        return None
+    if backing is HEADER:
+        return disk_mod.header_backing(disk)
+    disk_mod.check_header(disk, fmt)
+    backing = backing or disk_mod.recorded_backing(disk)
+    if backing is None:
+        raise exception.AttachFailed(
+            path=disk, reason="its base is not recorded and was not given")
+    return backing
+
+
 @contextlib.contextmanager
-def attached(disk, fmt, conf, method=None, image=None):
+def attached(disk, fmt, conf, method=None, backing=None, image=None):
     """Yield a Target for ``disk`` (format ``fmt``) and release it after.
 
+    ``backing``: the raw base a qcow2 ``disk`` is opened over (default: the
+    one recorded when it was made; HEADER: the header's, for disks no guest
+    ever ran on). Whatever the header names is never opened otherwise.
     ``image``: what errors name (the image the disk was made from).
     """
     method = method or choose_method(conf)
     lim = sandbox.Limits.from_conf(conf)
+    if os.path.exists(disk):
+        backing = _stated_backing(disk, fmt, backing)
     if method == 'fuse':
-        cm = _fuse(disk, fmt, conf.amiboot.attach_timeout, image, lim)
+        cm = _fuse(disk, fmt, conf.amiboot.attach_timeout, backing, image,
+                   lim)
     elif method == 'nbd':
         cm = _nbd(disk, fmt, conf.amiboot.attach_timeout)
     else:
@@ -153,44 +183,18 @@ def attached(disk, fmt, conf, method=None, image=None):
         yield target
 
 
-_EXPORT_PREFIX = 'amiboot-export-'
-
-
-def _release_stale_export(workdir):
-    """Stop the daemon and drop the mount of a dead spawn's export."""
-    mnt = os.path.join(workdir, 'disk')
-    try:
-        with open(os.path.join(workdir, 'pid')) as f:
-            pid = int(f.read().strip())
-        with open('/proc/%d/comm' % pid) as f:
-            # comm is cut at 15 characters.
-            ours = f.read().strip() == 'qemu-storage-daemon'[:15]
-    except (OSError, ValueError):
-        ours = False
-    if ours:
-        _stop_daemon(pid, mnt, 10)
-    elif fuse_mounted(mnt):
-        utils.execute('fusermount3', '-u', '-z', mnt)
-
-
-def reap_stale_exports():
-    """Release FUSE exports whose spawn was killed (no finally ran)."""
-    return utils.reap_stale_tempdirs(_EXPORT_PREFIX, _release_stale_export)
-
-
 @contextlib.contextmanager
-def _fuse(disk, fmt, timeout, image=None, lim=None):
+def _fuse(disk, fmt, timeout, backing=None, image=None, lim=None):
     """Serve ``disk`` in a sandbox (sandbox.Session); yield its Target.
 
     qemu-storage-daemon runs as the tool user in the sandbox and its FUSE
     export is mounted in the sandbox's own mount namespace: nothing of it
-    is visible on the host, and it dies with this process.
+    is visible on the host, there is no run-time state on the host to
+    trust later, and it dies with this process (bwrap --die-with-parent).
     """
-    # Exports of the old shape (a host FUSE mount) left by a dead process.
-    reap_stale_exports()
+    sess = sandbox.Session(disk, fmt, image or disk,
+                           lim or sandbox.Limits(), timeout, backing=backing)
     try:
-        sess = sandbox.Session(disk, fmt, image or disk,
-                               lim or sandbox.Limits(), timeout)
         sess.__enter__()
     except (ValueError, OSError) as e:
         raise exception.AttachFailed(path=disk, reason=str(e))
@@ -209,40 +213,6 @@ def _fuse(disk, fmt, timeout, image=None, lim=None):
 def _qemu_opt(value):
     # QEMU's option syntax escapes a comma by doubling it.
     return value.replace(',', ',,')
-
-
-def _stop_daemon(pid, mnt, timeout):
-    """SIGTERM qemu-storage-daemon: it flushes, unmounts and exits."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    if _alive(pid):
-        LOG.warning("qemu-storage-daemon %d ignored SIGTERM; killing it", pid)
-        os.kill(pid, signal.SIGKILL)
-    if fuse_mounted(mnt):
-        utils.execute('fusermount3', '-u', '-z', mnt)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours counts as gone (reap it).
-    try:
-        done, _status = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        pass
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().split(')')[-1].split()[0] != 'Z'
-    except FileNotFoundError:
-        return False
 
 
 def _free_nbd_devices():

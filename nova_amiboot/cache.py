@@ -17,7 +17,6 @@ import dataclasses
 import errno
 import glob
 import hashlib
-import json
 import os
 import re
 import threading
@@ -27,6 +26,7 @@ import fasteners
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
 
+from nova_amiboot import disk as disk_mod
 from nova_amiboot import exception
 from nova_amiboot import grow
 from nova_amiboot import safety
@@ -455,18 +455,9 @@ def _copied_from(path, base_dir):
 def backing_file(disk):
     """The backing file of our own qcow2 overlay, or None."""
     try:
-        # The guest's QEMU may have written the disk: in the sandbox.
-        out = sandbox.run(['qemu-img', 'info', '-f', 'qcow2',
-                           '--output=json', '-U', disk], disk,
-                          files=[disk], timeout=60).text
-    except (exception.CommandFailed, OSError):
+        return disk_mod.header_backing(disk)
+    except (exception.CommandFailed, OSError, ValueError):
         return None
-    info = json.loads(out)
-    backing = info.get('backing-filename')
-    # Read through a descriptor: qemu-img's full name is relative to it.
-    if backing and not os.path.isabs(backing):
-        backing = os.path.join(os.path.dirname(disk), backing)
-    return backing
 
 
 # The disk_format a base was fetched as, kept on the base's own inode.

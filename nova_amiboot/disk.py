@@ -1,10 +1,12 @@
 """The instance root disk: a qcow2 overlay over the raw base, or a copy."""
 
 import errno
+import json
 import os
 import shutil
 
 from oslo_log import log as logging
+from oslo_utils.imageutils import format_inspector
 
 from nova_amiboot import exception
 from nova_amiboot import sandbox
@@ -40,6 +42,7 @@ def create(base, path, size, mode='overlay', instance='?', image='?',
             sandbox.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-u',
                          '-o', opts, path, str(size)], image,
                         write=[path], timeout=120)
+            record_backing(path, base)
             return 'qcow2'
         # Parity with nova's Flat backend: a full raw copy, then grown.
         shutil.copyfile(base, path)
@@ -56,3 +59,98 @@ def create(base, path, size, mode='overlay', instance='?', image='?',
                                      action="creating the disk of %s"
                                      % instance)
         raise
+
+
+# The base an overlay was made over, kept in a trusted xattr of the
+# overlay's inode: root alone reads and writes the trusted namespace, so
+# the guest's QEMU, which owns the disk while it runs and may rewrite its
+# qcow2 header, cannot change it.
+_BACKING_XATTR = 'trusted.amiboot.backing'
+
+
+def record_backing(path, base):
+    try:
+        os.setxattr(path, _BACKING_XATTR, os.path.abspath(base).encode())
+    except OSError as e:
+        LOG.debug("Cannot record the base of %s: %s", path, e)
+
+
+def recorded_backing(path):
+    """The base recorded when the overlay ``path`` (or fd) was made."""
+    try:
+        return os.fsdecode(os.getxattr(path, _BACKING_XATTR))
+    except OSError:
+        return None
+
+
+def header_backing(path):
+    """The backing file the qcow2 header of ``path`` names, or None.
+
+    Only for disks no guest ever ran on: the header is the guest's to
+    rewrite otherwise. Read by qemu-img in the sandbox (it never opens the
+    backing for info); a relative name is taken from the disk's directory.
+    """
+    res = sandbox.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
+                       '--output=json', path], path, files=[path],
+                      timeout=60, out_limit=1024 * 1024)
+    name = json.loads(res.out).get('backing-filename')
+    if not name:
+        return None
+    return os.path.normpath(os.path.join(os.path.dirname(
+        os.path.abspath(path)), name))
+
+
+def check_header(path, fmt, instance='?'):
+    """Refuse a disk whose qcow2 header reaches past the disk itself.
+
+    A guest's QEMU owns its disk while it runs and can rewrite the header:
+    an external data file (CVE-2024-32498) would be read, or resized, as
+    the host file it names; unknown incompatible features are refused too.
+    The backing file is not judged here: every opener states it (spec()).
+    """
+    if fmt != 'qcow2':
+        return
+    try:
+        inspector = format_inspector.QcowInspector.from_file(path)
+        inspector.check_data_file()
+        inspector.check_unknown_features()
+    except (format_inspector.SafetyViolation,
+            format_inspector.ImageFormatError) as e:
+        raise exception.UnsafeInstanceDisk(instance=instance, path=path,
+                                           reason=str(e))
+
+
+def spec(path, fmt, backing=None):
+    """QEMU's JSON block spec for a disk a guest may have written.
+
+    Every driver is named (nothing is probed) and the chain is stated: the
+    qcow2 overlay's backing is the raw file ``backing`` (the recorded base)
+    or none at all; whatever the header names is never opened.
+    """
+    node = {'driver': fmt, 'file': {'driver': 'file', 'filename': path}}
+    if fmt == 'qcow2':
+        node['backing'] = backing_node(backing)
+    return node
+
+
+def backing_node(backing):
+    """QEMU's node for the raw base ``backing`` (None: no backing)."""
+    if backing is None:
+        return None
+    return {'driver': 'raw', 'read-only': True,
+            'file': {'driver': 'file', 'filename': backing}}
+
+
+def json_filename(path, fmt, backing=None):
+    """``json:`` filename of spec() for qemu-img."""
+    return 'json:' + json.dumps(spec(path, fmt, backing))
+
+
+def sandboxed_filename(run, path, fmt, backing=None, write=False):
+    """json_filename() for a tool of sandbox.Run ``run``.
+
+    The sandbox holds only the disk and its stated base, handed over as
+    descriptors: whatever else a header names cannot even be opened.
+    """
+    return json_filename(run.file(path, write=write), fmt,
+                         run.file(backing) if backing else None)

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 
 from oslo_log import log as logging
@@ -265,9 +266,13 @@ def probe(src, fmt, part, work, conf=None):
 # Host paths that go into our own debugfs scripts (the work directory and
 # what we make in it): one plain word for debugfs's parser.
 _HOST_PATH = re.compile(r'/[A-Za-z0-9_@+:./-]{1,1023}')
-# One entry of debugfs ``ls -p``: /inode/mode/uid/gid/name/size/. Only the
-# name is taken from it, and only after the grammar and a secure lookup.
-_LS_P = re.compile(r'/[0-9]+/[0-7]+/[0-9]+/[0-9]+/(.*)/[0-9]*/')
+# One entry of debugfs ``ls -p``: /inode/mode/uid/gid/name/size/. Names
+# are used only after the grammar (and, in listdir, a secure lookup).
+_LS_P = re.compile(
+    r'/([0-9]{1,10})/([0-7]{1,7})/[0-9]+/[0-9]+/(.*)/([0-9]*)/')
+# Bounds of a tree extracted from an image (a modules tree has ~4,000).
+MAX_TREE_ENTRIES = 100000
+MAX_TREE_DEPTH = 32
 _MAX_LINE = e2fs.MAX_LINE
 # Prefixes looked up in one debugfs run (two requests each).
 _BATCH = 200
@@ -426,8 +431,9 @@ class ImageFS(inject.GuestFS):
                                      what=path, outdir=private)
             if errors:
                 self._fail(path, '; '.join(errors))
-            got = os.lstat(out_file).st_size \
-                if os.path.isfile(out_file) else -1
+            # Written by the sandboxed debugfs: a link is not a file.
+            st = os.lstat(out_file) if os.path.lexists(out_file) else None
+            got = st.st_size if st and stat.S_ISREG(st.st_mode) else -1
             if got != inode.size:
                 self._fail(path, "read %d bytes of %d" % (got, inode.size))
             os.rename(out_file, dest)
@@ -466,7 +472,7 @@ class ImageFS(inject.GuestFS):
             m = _LS_P.fullmatch(line)
             if not m:
                 continue
-            name = m.group(1)
+            name = m.group(3)
             if name in ('.', '..') or not e2fs.NAME.fullmatch(name):
                 # Not a name we can use safely: left out.
                 continue
@@ -476,47 +482,114 @@ class ImageFS(inject.GuestFS):
         return {n: (inodes[base + '/' + n].kind, inodes[base + '/' + n].size)
                 for n in names if inodes[base + '/' + n] is not None}
 
-    def dump_tree(self, path, dest, limit):
-        """rdump a real directory; drop links and specials; bound size.
+    def _entries(self, ino, where):
+        """[(name, inode number, kind, size)] of the directory inode ``ino``.
 
-        Returns the dumped directory, or None if ``path`` is not a real
-        directory. ``/`` dumps the filesystem's top entries into ``dest``.
+        One debugfs run per directory: a name in the image cannot make one
+        directory's listing pass for another's. Only names of the e2fs
+        grammar are kept, and a name seen twice (two entries of one name in
+        different directory blocks pass e2fsck) refuses the whole tree.
         """
-        os.makedirs(dest)
-        self._host(dest)
+        out, errors = self._run(['ls -p <%d>' % ino], what=where)
+        if errors:
+            self._fail(where, '; '.join(errors))
+        entries, seen = [], set()
+        for line in out.splitlines():
+            m = _LS_P.fullmatch(line)
+            if not m:
+                continue
+            child, mode, name, size = (int(m.group(1)), int(m.group(2), 8),
+                                       m.group(3), m.group(4))
+            if name in ('.', '..'):
+                continue
+            if name in seen:
+                self._fail(where, "two directory entries are named %r"
+                           % name)
+            seen.add(name)
+            if not e2fs.NAME.fullmatch(name):
+                LOG.info("Image %(image)s: %(where)s: skipping an entry "
+                         "whose name is not plain", {'image': self.image,
+                                                     'where': where})
+                continue
+            kind = {0o040000: 'dir', 0o100000: 'file'}.get(mode & 0o170000,
+                                                           'other')
+            entries.append((name, child, kind, mode & 0o777,
+                            int(size or 0)))
+        return entries
+
+    def dump_tree(self, path, dest, limit):
+        """Extract a real directory, by inode, into the new dir ``dest``.
+
+        Nothing is extracted by following names onto the host: every
+        directory is listed by its inode number, every regular file is
+        dumped by its inode number into a private directory under a name
+        made here, then copied into a file created with
+        O_CREAT|O_EXCL|O_NOFOLLOW under a directory opened with O_NOFOLLOW
+        and made here. Links, devices, sockets and fifos are never created;
+        a name seen twice in one directory refuses the tree. Returns the
+        extracted directory (``dest`` for ``/``, else
+        ``dest/<basename>``), or None if ``path`` is not a real directory.
+        """
+        ino = self._real_dir(path)
+        if ino is None:
+            return None
+        os.mkdir(dest, 0o700)
         if path == '/':
-            lines = ['rdump /%s %s' % (name, dest)
-                     for name, (kind, _size) in sorted(
-                         self.listdir('/').items())
-                     if name != 'lost+found' and kind in ('dir', 'file')]
-            result = dest
+            result, top = dest, dest
         else:
-            if self._real_dir(path) is None:
-                os.rmdir(dest)
-                return None
-            lines = ['rdump %s %s' % (path, dest)]
             result = os.path.join(dest, os.path.basename(path))
-        if lines:
-            _out, errors = self._run(lines, what=path, outdir=dest)
-            if errors:
-                self._fail(path, '; '.join(errors))
-        total = 0
-        for dirpath, dirs, files in os.walk(dest):
-            for name in dirs + files:
-                p = os.path.join(dirpath, name)
-                st = os.lstat(p)
-                if os.path.islink(p) or not (os.path.isdir(p) or
-                                             os.path.isfile(p)):
-                    # A link written by rdump points wherever the image
-                    # wants, host files included: never follow it.
-                    os.unlink(p)
-                    if name in dirs:
-                        dirs.remove(name)
-                    continue
-                total += st.st_size
-        if total > limit:
-            self._fail(path, "%d bytes, over the limit of %d" % (total,
-                                                                 limit))
+            os.mkdir(result, 0o755)
+            top = result
+        # Walk the tree by inode: (directory inode, its path in the image,
+        # its path under ``top``).
+        files, total, count = [], 0, 0
+        pending, visited = [(ino, path, '')], {ino}
+        while pending:
+            dir_ino, where, rel = pending.pop()
+            for name, child, kind, mode, size in self._entries(dir_ino,
+                                                               where):
+                count += 1
+                if count > MAX_TREE_ENTRIES:
+                    self._fail(path, "more than %d entries"
+                               % MAX_TREE_ENTRIES)
+                image_path = where.rstrip('/') + '/' + name
+                if kind == 'dir':
+                    if path == '/' and not rel and name == 'lost+found':
+                        continue
+                    if child in visited or rel.count('/') >= MAX_TREE_DEPTH:
+                        self._fail(image_path, "directory loop or too deep")
+                    visited.add(child)
+                    sub = os.path.join(rel, name)
+                    os.mkdir(os.path.join(top, sub), 0o755)
+                    pending.append((child, image_path, sub))
+                elif kind == 'file':
+                    total += size
+                    if total > limit:
+                        self._fail(path, "over the limit of %d bytes"
+                                   % limit)
+                    files.append((child, size, mode, rel, name, image_path))
+                else:
+                    LOG.debug("Image %(image)s: %(path)s is neither a file "
+                              "nor a directory: not extracted",
+                              {'image': self.image, 'path': image_path})
+        private = tempfile.mkdtemp(prefix='dump-', dir=os.path.dirname(dest))
+        try:
+            for i in range(0, len(files), _BATCH):
+                batch = files[i:i + _BATCH]
+                names = [os.path.join(private, str(n))
+                         for n in range(i, i + len(batch))]
+                _out, errors = self._run(
+                    ['dump <%d> %s' % (f[0], self._host(out_file))
+                     for f, out_file in zip(batch, names)], what=path,
+                    outdir=private)
+                if errors:
+                    self._fail(path, '; '.join(errors))
+                for (child, size, mode, rel, name, image_path), out_file in \
+                        zip(batch, names):
+                    _place(out_file, top, rel, name, mode, size,
+                           lambda why, p=image_path: self._fail(p, why))
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
         return result
 
     def remove(self, path):
@@ -531,6 +604,46 @@ class ImageFS(inject.GuestFS):
         if errors:
             self._fail(path, '; '.join(errors))
         return True
+
+
+def _place(src, top, rel, name, mode, size, fail):
+    """Copy the dumped file ``src`` to ``top/rel/name``, never following.
+
+    Each directory on the way is opened with O_NOFOLLOW (they were made by
+    dump_tree); the file is created with O_CREAT|O_EXCL|O_NOFOLLOW, so
+    nothing that already exists there, a link above all, is ever written
+    through.
+    """
+    nofollow = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    fds = [os.open(top, nofollow)]
+    try:
+        for part in [p for p in rel.split('/') if p]:
+            fds.append(os.open(part, nofollow, dir_fd=fds[-1]))
+        # The sandboxed debugfs wrote ``src``: never follow what it left.
+        try:
+            fds.append(os.open(src, os.O_RDONLY | os.O_NOFOLLOW))
+            st = os.fstat(fds[-1])
+            got = st.st_size if stat.S_ISREG(st.st_mode) else -1
+        except OSError:
+            got = -1
+        if got != size:
+            fail("read %d bytes of %d" % (got, size))
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                      os.O_NOFOLLOW, 0o644 | (mode & 0o111),
+                      dir_fd=fds[-2])
+        try:
+            left = size
+            while left:
+                n = os.copy_file_range(fds[-1], out, left)
+                if n == 0:
+                    fail("read %d bytes of %d" % (size - left, size))
+                left -= n
+        finally:
+            os.close(out)
+        os.unlink(src)
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)
 
 
 def _version_key(version):

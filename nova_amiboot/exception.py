@@ -103,6 +103,11 @@ class AttachFailed(AmibootException):
     msg_fmt = "Cannot attach %(path)s to the host: %(reason)s"
 
 
+class UnsafeInstanceDisk(AmibootException):
+    msg_fmt = ("Instance %(instance)s: its disk %(path)s is refused as "
+               "unsafe: %(reason)s")
+
+
 class InjectionFailed(AmibootException):
     msg_fmt = "Instance %(instance)s: cannot inject %(what)s: %(reason)s"
 

@@ -227,6 +227,9 @@ def _copy_template(tpl, dest):
         except BaseException:
             os.unlink(dest)
             raise
+        base = disk.recorded_backing(src.fileno())
+    if base:
+        disk.record_backing(dest, base)
     return facts
 
 

@@ -569,15 +569,19 @@ class Session(object):
     process.
     """
 
-    def __init__(self, disk, fmt, image, lim, attach_timeout=30):
+    def __init__(self, disk, fmt, image, lim, attach_timeout=30,
+                 backing=None):
+        # backing: the raw base a qcow2 disk is opened over, as the caller
+        # states it (recorded or given; never the header's), or None.
         self.disk, self.fmt, self.image = disk, fmt, image
+        self.backing = backing
         self.limits = lim
         self.attach_timeout = attach_timeout
         self.proc = None
         self.pid = None
 
     def _blockdevs(self, r):
-        backing = backing_of(self.disk, self.fmt)
+        backing = self.backing if self.fmt == 'qcow2' else None
         disk = r.file(self.disk, write=True)
         file0 = {'driver': 'file', 'node-name': 'file0', 'filename': disk,
                  # e2fsprogs fsync often; each would be a qcow2 flush and
@@ -717,6 +721,6 @@ class Session(object):
 
 
 @contextlib.contextmanager
-def session(disk, fmt, image, lim, attach_timeout=30):
-    with Session(disk, fmt, image, lim, attach_timeout) as s:
+def session(disk, fmt, image, lim, attach_timeout=30, backing=None):
+    with Session(disk, fmt, image, lim, attach_timeout, backing) as s:
         yield s

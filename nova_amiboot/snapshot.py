@@ -10,7 +10,6 @@ snapshot keeps the source AMI's kernel, ramdisk and properties
 (``os_command_line`` included): it shares their AKI and ARI.
 """
 
-import json
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ import shutil
 from lxml import etree
 from oslo_log import log as logging
 
+from nova_amiboot import disk as disk_mod
 from nova_amiboot import diskimage
 from nova_amiboot import embedded
 from nova_amiboot import exception
@@ -108,24 +108,19 @@ def snapshot(cloud, instance, name, keep_injected=False):
     work = diskimage.work_dir(os.path.join(cloud.state_dir, 'tmp'))
     try:
         root = os.path.join(work, 'root.img')
-        # -f as libvirt runs it; the overlay's backing format is in its
-        # header, written by us (backing_fmt=raw).
+        # The guest's QEMU owned the disk and may have rewritten its
+        # header: the format is libvirt's, the backing the source AMI's
+        # base (whatever the header names), a data file refused; in the
+        # sandbox only the disk and that base exist.
+        disk_mod.check_header(disk, fmt, inst.name)
         os.close(os.open(root, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         lim = sandbox.Limits.from_conf(
             cloud.conf, timeout=cloud.conf.amiboot.image_convert_timeout,
             timeout_name='[amiboot] image_convert_timeout')
         with sandbox.Run(instance, lim) as r:
-            # In the sandbox only the disk and its cached base exist:
-            # whatever else the header names cannot be opened.
-            spec = {'driver': fmt,
-                    'file': {'driver': 'file', 'filename': r.file(disk)}}
-            backing = sandbox.backing_of(disk, fmt)
-            if fmt == 'qcow2':
-                spec['backing'] = None if backing is None else {
-                    'driver': 'raw', 'file': {
-                        'driver': 'file', 'filename': r.file(backing)}}
             r.execute(['qemu-img', 'convert', '-q', '-O', 'raw',
-                       'json:' + json.dumps(spec), r.file(root, write=True)])
+                       disk_mod.sandboxed_filename(r, disk, fmt, base),
+                       r.file(root, write=True)])
         label = instance + ' snapshot'
         diskimage.check_fs(root, label, cloud.conf)
         removed = []

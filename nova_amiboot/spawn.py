@@ -314,6 +314,7 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
             utils.fdatasync(disk)
         else:
             with attach.attached(disk, fmt, conf, method=attach_method,
+                                 backing=root.path,
                                  image=req.image_id) as tg:
                 grown = customise(
                     tg, req, conf, facts, grown=tfacts is not None,

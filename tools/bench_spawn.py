@@ -210,7 +210,8 @@ class Bench(object):
         shutil.rmtree(os.path.dirname(fdisk))
         _s, qdisk, _u = self.nova('qcow2', cache, ami.id, a.flavor_gb,
                                   keep=True)
-        with attach.attached(qdisk, 'qcow2', self.conf) as tg:
+        with attach.attached(qdisk, 'qcow2', self.conf,
+                             backing=attach.HEADER) as tg:
             out = tg.run('dumpe2fs', ['-h'])[0]
         f = dict(line.split(':', 1) for line in out.splitlines()
                  if ':' in line)
@@ -219,13 +220,15 @@ class Bench(object):
         if not a.no_guestfs:
             # nova's key injection looks root up in /etc/passwd (augeas);
             # the bench AMI is a pile of files without one: add it first.
-            with attach.attached(qdisk, 'qcow2', self.conf) as tg:
+            with attach.attached(qdisk, 'qcow2', self.conf,
+                                 backing=attach.HEADER) as tg:
                 fs = inject.GuestFS(tg)
                 fs.write('/etc/passwd', b'root:x:0:0:root:/root:/bin/sh\n')
                 fs.write('/etc/group', b'root:x:0:\n')
             guestfs, guestfs_why = bench_nova.guestfs_inject(qdisk, KEY)
             if guestfs:
-                with attach.attached(qdisk, 'qcow2', self.conf) as tg:
+                with attach.attached(qdisk, 'qcow2', self.conf,
+                                     backing=attach.HEADER) as tg:
                     keys = inject.GuestFS(tg).read(
                         '/root/.ssh/authorized_keys') or b''
                 guestfs['key_found'] = KEY.encode() in keys

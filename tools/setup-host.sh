@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Prepare a Debian 12 / Ubuntu host for nova-amiboot: system packages, the
-# project's virtualenv (.venv) and a running libvirtd + virtlogd.
+# Prepare a Debian 12 / Ubuntu host for nova-amiboot: system packages (from
+# bindep.txt), the project's virtualenv (.venv, pinned by
+# upper-constraints.txt) and a running libvirtd + virtlogd.
 # Idempotent: a second run only checks. Run as root.
+# --list-packages: print the system packages it would install, and exit.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,19 +12,77 @@ python=${PYTHON:-python3}
 
 log() { echo "setup-host: $*" >&2; }
 
+# The system packages are listed in bindep.txt (bindep's format). This runs
+# before any virtualenv, so without the bindep tool: bindep_packages reads
+# the subset of the syntax that the file's head allows, the way bindep
+# does. A line applies when no negated selector matches this host or the
+# PROFILES, when it names no profile or one of PROFILES, and when it names
+# no platform or one of this host's.
+bindep_packages() {
+    local file=$1 line name sels s neg pos_prof ok_prof pos_plat ok_plat
+    shift
+    local -A active=()
+    for s in "$@"; do
+        active[$s]=1
+    done
+    # bindep's platform names for this host: the packaging system, the
+    # distribution, the distribution with its codename and its version.
+    if command -v dpkg >/dev/null; then
+        active[platform:dpkg]=1
+    fi
+    for s in $(. /etc/os-release && echo "$ID" "$ID-${VERSION_CODENAME:-}" \
+        "$ID-${VERSION_ID:-}"); do
+        active[platform:$s]=1
+    done
+    while IFS= read -r line || [ -n "$line" ]; do
+        line=${line%%#*}
+        read -r name _ <<< "$line" || true
+        name=${name%%"["*}
+        [ -n "$name" ] || continue
+        sels=
+        if [[ $line == *"["* ]]; then
+            sels=${line#*"["}
+            if [[ $sels != *"]"* || $sels == *"("* ]]; then
+                log "$file: cannot read: $line"
+                exit 1
+            fi
+            sels=${sels%%]*}
+        fi
+        pos_prof=0 ok_prof=0 pos_plat=0 ok_plat=0 neg=0
+        for s in $sels; do
+            if [[ $s == "!"* ]]; then
+                [ -z "${active[${s#!}]:-}" ] || neg=1
+            elif [[ $s == platform:* ]]; then
+                pos_plat=1
+                [ -z "${active[$s]:-}" ] || ok_plat=1
+            else
+                pos_prof=1
+                [ -z "${active[$s]:-}" ] || ok_prof=1
+            fi
+        done
+        if [ $neg = 0 ] && [ $pos_prof = $ok_prof ] && \
+            [ $pos_plat = $ok_plat ]; then
+            echo "$name"
+        fi
+    done < "$file"
+}
+
+# Run time, building .venv and the tests.
+listed=$(bindep_packages "$top/bindep.txt" build test)
+if [ -z "$listed" ]; then
+    log "no packages for this host in bindep.txt"
+    exit 1
+fi
+mapfile -t packages <<< "$listed"
+if [ "${1:-}" = --list-packages ]; then
+    printf '%s\n' "${packages[@]}"
+    exit 0
+fi
+
 if [ "$(id -u)" -ne 0 ]; then
     log "run me as root (packages, libvirtd, /dev/kvm)"
     exit 1
 fi
-
-packages=(
-    qemu-system-x86 qemu-utils qemu-block-extra e2fsprogs
-    libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc
-    python3-dev python3-venv
-    busybox-static cpio kmod dpkg xz-utils zstd fuse3 bubblewrap util-linux
-    iproute2 openssh-client openssl debootstrap fdisk
-    dosfstools btrfs-progs xfsprogs
-)
 
 install_packages() {
     local missing=() p
@@ -47,6 +107,7 @@ make_venv() {
     local stamp want
     stamp=$venv/.amiboot-stamp
     want=$(cat "$top/requirements.txt" "$top/test-requirements.txt" \
+        "$top/doc/requirements.txt" "$top/upper-constraints.txt" \
         "$top/setup.cfg" | sha256sum | cut -d' ' -f1)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return
@@ -55,7 +116,9 @@ make_venv() {
         || { log "$python is older than 3.11"; exit 1; }
     log "creating $venv (nova and libvirt-python take a minute or two)"
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-    "$venv/bin/pip" install -q -e "$top" -r "$top/test-requirements.txt"
+    # Pinned by upper-constraints.txt, as tox's environments are.
+    "$venv/bin/pip" install -q -c "$top/upper-constraints.txt" -e "$top" \
+        -r "$top/test-requirements.txt" -r "$top/doc/requirements.txt"
     echo "$want" > "$stamp"
 }
 

@@ -66,6 +66,9 @@ NOVA_EXCEPTION = {
     exception.DiskFull: _host_problem,
     exception.FilesystemCorrupt: _image_unacceptable,
     exception.AttachFailed: _host_problem,
+    # A disk whose header was rewritten to reach past itself: no other host
+    # would do better, and the operation must not go on.
+    exception.UnsafeInstanceDisk: _generic,
     exception.InjectionFailed: _image_unacceptable,
     exception.UnsafeInjectionPath: _image_unacceptable,
     exception.BootParameterDenied: _invalid_input,

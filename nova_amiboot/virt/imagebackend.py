@@ -189,6 +189,7 @@ class AmibootQcow2(imagebackend.Qcow2):
             # no attach at all.
             if tfacts is None or spawn.wants(req, CONF) or files:
                 with attach.attached(tmp, fmt, CONF,
+                                     backing=root.path,
                                      image=req.image_id) as target:
                     spawn.customise(target, req, CONF, facts,
                                     grown=tfacts is not None,
@@ -229,18 +230,29 @@ class AmibootQcow2(imagebackend.Qcow2):
             return super().resize_image(size)
         inst = self.instance
         with errors.as_nova_errors(inst.image_ref):
+            # The guest's QEMU has owned this disk: a header naming a data
+            # file is refused before any tool opens it, and every opener
+            # states the backing (the recorded base, or the image's base
+            # in this host's cache for a disk copied here by a migration).
+            disk_mod.check_header(self.path, 'qcow2', inst.uuid)
+            base = disk_mod.recorded_backing(self.path) or os.path.join(
+                CONF.instances_path, CONF.image_cache.subdirectory_name,
+                cache_mod.base_name(inst.image_ref))
             current = virtual_size(self.path)
             if size <= current:
                 # Every hard reboot comes here: no work.
                 return
-            sandbox.run(['qemu-img', 'resize', '-q', '-f', 'qcow2',
-                         self.path, str(size)], inst.image_ref, CONF,
-                        write=[self.path],
-                        timeout=CONF.amiboot.image_convert_timeout,
-                        timeout_name='[amiboot] image_convert_timeout')
+            lim = sandbox.Limits.from_conf(
+                CONF, timeout=CONF.amiboot.image_convert_timeout,
+                timeout_name='[amiboot] image_convert_timeout')
+            with sandbox.Run(inst.image_ref, lim) as r:
+                r.execute(['qemu-img', 'resize', '-q',
+                           disk_mod.sandboxed_filename(
+                               r, self.path, 'qcow2', base, write=True),
+                           str(size)])
             if not CONF.amiboot.grow_filesystem:
                 return
-            with attach.attached(self.path, 'qcow2', CONF,
+            with attach.attached(self.path, 'qcow2', CONF, backing=base,
                                  image=inst.image_ref) as target:
                 # The disk has been used: a full e2fsck first.
                 grown = grow.grow(target, instance=inst.uuid,

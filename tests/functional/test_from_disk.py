@@ -229,3 +229,110 @@ class TestFromDisk(FromDiskTestCase):
         self.assertNotIn('evil', listing)
         self.assertEqual('# grub\n', self.run_cmd(
             'debugfs', '-R', 'cat /boot/grub/grub.cfg', path))
+
+
+def plant_duplicate(fs_path, directory, name, block_size=4096):
+    """Give an entry of another block of ``directory`` the name ``name``.
+
+    ``name`` is an entry's in its first block. A hostile image does this:
+    e2fsck compares names within one block of a linear directory only, so
+    the two entries pass ``e2fsck -fy``.
+    """
+    out = subprocess.run(['debugfs', '-R', 'blocks ' + directory, fs_path],
+                         check=True, capture_output=True, text=True).stdout
+    blocks = [int(b) for b in out.split()]
+    with open(fs_path, 'r+b') as f:
+        def block(b):
+            f.seek(b * block_size)
+            return f.read(block_size)
+        home = [b for b in blocks if name.encode() in block(b)]
+        other = [b for b in blocks if b not in home]
+        assert home and other, (blocks, home)
+        # The first entry of the other block: inode, rec_len, name_len,
+        # file_type, name.
+        f.seek(other[0] * block_size + 6)
+        f.write(bytes([len(name)]))
+        f.seek(other[0] * block_size + 8)
+        f.write(name.encode())
+
+
+class TestFromDiskHostileTrees(FromDiskTestCase):
+    """A tree read out of the image never writes outside its directory."""
+
+    def hostile_ext4(self, tree, directory, name):
+        def maker(path, size):
+            # Linear directories (no htree) and no metadata checksums: the
+            # layout a hostile image picks; the checks apply to any.
+            run('mkfs.ext4', '-q', '-F', '-b', '4096', '-O',
+                '^dir_index,^metadata_csum', '-d', tree,
+                '-E', 'root_owner=0:0', path, '%dM' % size)
+            plant_duplicate(path, directory, name)
+            run('e2fsck', '-fy', path)      # passes: the duplicate stays
+            listing = self.run_cmd('debugfs', '-R', 'ls ' + directory, path)
+            self.assertEqual(2, listing.split().count(name))
+        return maker
+
+    def plant(self, directory, target):
+        """A link to ``target`` and 150 files that fill a second block."""
+        os.makedirs(directory, exist_ok=True)
+        os.symlink(target, os.path.join(directory, 'modules.zzz'))
+        for i in range(150):
+            name = 'filler-%03d-%s' % (i, 'x' * 40)
+            with open(os.path.join(directory, name), 'w') as f:
+                f.write('content of the image %d\n' % i)
+
+    def test_duplicate_names_in_the_modules_tree(self):
+        host = self.scratch('host')
+        os.makedirs(host)
+        victim = os.path.join(host, 'victim')
+        tree = self.linux_tree('h1')
+        mods = os.path.join(tree, 'usr/lib/modules', self.version)
+        self.plant(os.path.join(mods, 'kernel/zz'), victim)
+        disk = self.make_disk('hd1', [(LINUX, 200, self.hostile_ext4(
+            tree, '/usr/lib/modules/%s/kernel/zz' % self.version,
+            'modules.zzz'))])
+        before = self.state_snapshot()
+        msg = self.error('image', 'from-disk', disk, 'bad')
+        self.assertFalse(os.path.lexists(victim))
+        self.assertIn(disk, msg)
+        self.assertIn("two directory entries are named 'modules.zzz'", msg)
+        self.assertEqual(before, [f for f in self.state_snapshot()
+                                  if not f[0].startswith('tmp')])
+        self.assertEqual([], os.listdir(os.path.join(self.state, 'tmp')))
+
+    def test_duplicate_names_in_a_boot_partition(self):
+        host = self.scratch('host2')
+        os.makedirs(host)
+        victim = os.path.join(host, 'victim')
+        root = self.linux_tree('h2', boot=False)
+        boot = self.scratch('h2boot')
+        os.makedirs(boot)
+        shutil.copy(ari.find_kernel_image(self.kpkg), boot)
+        self.plant(os.path.join(boot, 'grub'), victim)
+        disk = self.make_disk('hd2', [
+            (LINUX, 160, self.ext4(root)),
+            (LINUX, 32, self.hostile_ext4(boot, '/grub', 'modules.zzz'))])
+        msg = self.error('image', 'from-disk', disk, 'bad')
+        self.assertFalse(os.path.lexists(victim))
+        self.assertIn("two directory entries are named 'modules.zzz'", msg)
+        self.assertEqual([], os.listdir(os.path.join(self.state, 'tmp')))
+
+    def test_links_and_specials_are_not_extracted(self):
+        victim = self.scratch('host3')
+        os.makedirs(victim)
+        tree = self.linux_tree('h3')
+        mods = os.path.join(tree, 'usr/lib/modules', self.version)
+        os.symlink(victim, os.path.join(mods, 'build'))
+        os.mkfifo(os.path.join(mods, 'fifo'))
+        disk = self.make_disk('hd3', [(LINUX, 160, self.ext4(tree))])
+        res = self.json('image', 'from-disk', disk, 'good3')
+        self.assertEqual(self.version, res['kernel_version'])
+        self.assertEqual([], os.listdir(victim))
+        # The ramdisk holds the image's own modules and no link or fifo.
+        ramdisk = os.path.join(self.state, 'images', res['ramdisk_id'])
+        listing = subprocess.run(
+            'zcat %s | cpio -itv 2>/dev/null' % ramdisk, shell=True,
+            check=True, capture_output=True, text=True).stdout
+        self.assertIn('virtio_blk.ko', listing)
+        self.assertNotIn('/build', listing)
+        self.assertNotIn('fifo', listing)

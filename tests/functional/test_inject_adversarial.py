@@ -194,7 +194,8 @@ class TestSpoofedStructure(AdversarialTestCase):
         disk = os.path.join(self.top, 'overlay.qcow2')
         subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F',
                         'raw', '-b', img, disk], check=True)
-        with attach.attached(disk, 'qcow2', make_conf(), 'fuse') as tg:
+        with attach.attached(disk, 'qcow2', make_conf(), 'fuse',
+                             backing=attach.HEADER) as tg:
             fs = inject.GuestFS(tg, instance='vm-adv')
             self.assertRefused(exception.UnsafeInjectionPath,
                                inject.inject_key, fs, KEY)

@@ -186,7 +186,8 @@ class TestPrepare(base.RealToolsTestCase):
         disk = self.scratch('d.qcow2')
         subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F',
                         'raw', '-b', root.path, disk], check=True)
-        with attach.attached(disk, 'qcow2', self.conf) as tg:
+        with attach.attached(disk, 'qcow2', self.conf,
+                             backing=attach.HEADER) as tg:
             fs = inject.GuestFS(tg, 'vm-x')
             for bad in ('/root/../etc/passwd', 'etc/passwd', '/etc/',
                         '/etc/a b', '/etc/"x', '/'):
@@ -268,7 +269,8 @@ class TestPrepare(base.RealToolsTestCase):
         subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F',
                         'raw', '-b', root.path, disk], check=True)
         with self.assertRaises(RuntimeError):
-            with attach.attached(disk, 'qcow2', self.conf, 'fuse') as tg:
+            with attach.attached(disk, 'qcow2', self.conf, 'fuse',
+                                 backing=attach.HEADER) as tg:
                 # Served in the sandbox: its FUSE mount is in the
                 # sandbox's mount namespace, never on the host.
                 self.assertEqual([], base.fuse_exports())

@@ -41,7 +41,8 @@ def disk_info(disk):
 
 
 def fs_size(disk):
-    with attach.attached(disk, 'qcow2', CONF) as target:
+    with attach.attached(disk, 'qcow2', CONF,
+                         backing=attach.HEADER) as target:
         out = target.run('dumpe2fs', ['-h'])[0]
     fields = dict(line.split(':', 1) for line in out.splitlines()
                   if ':' in line)
@@ -49,13 +50,15 @@ def fs_size(disk):
 
 
 def read_files(disk, *paths):
-    with attach.attached(disk, 'qcow2', CONF) as target:
+    with attach.attached(disk, 'qcow2', CONF,
+                         backing=attach.HEADER) as target:
         fs = inject.GuestFS(target)
         return [fs.read(p) for p in paths]
 
 
 def write_file(disk, path, data):
-    with attach.attached(disk, 'qcow2', CONF) as target:
+    with attach.attached(disk, 'qcow2', CONF,
+                         backing=attach.HEADER) as target:
         inject.GuestFS(target).write(path, data)
 
 

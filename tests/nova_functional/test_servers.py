@@ -221,7 +221,8 @@ class TestAmiServers(AmiServersBase):
         self.assertEqual(self._base('ami'), info['full-backing-filename'])
         self.assertEqual('raw', info['backing-filename-format'])
         self.assertEqual(GiB, info['virtual-size'])     # m1.tiny: root_gb 1
-        with attach.attached(disk, 'qcow2', CONF) as target:
+        with attach.attached(disk, 'qcow2', CONF,
+                             backing=attach.HEADER) as target:
             out = target.run('dumpe2fs', ['-h'])[0]
             fields = dict(line.split(':', 1) for line in out.splitlines()
                           if ':' in line)
@@ -293,7 +294,8 @@ class TestAmiServers(AmiServersBase):
             ['qemu-img', 'info', '-U', '-f', 'qcow2', '--output=json', disk],
             check=True, capture_output=True, text=True).stdout)
         self.assertEqual(self._base('plain'), info['full-backing-filename'])
-        with attach.attached(disk, 'qcow2', CONF) as target:
+        with attach.attached(disk, 'qcow2', CONF,
+                             backing=attach.HEADER) as target:
             out = target.run('dumpe2fs', ['-h'])[0]
             fields = dict(line.split(':', 1) for line in out.splitlines()
                           if ':' in line)
@@ -337,7 +339,8 @@ class TestAmiServers(AmiServersBase):
                  disk], check=True, capture_output=True, text=True).stdout)
             self.assertEqual(self._base('ami'),
                              info['full-backing-filename'])
-            with attach.attached(disk, 'qcow2', CONF) as target:
+            with attach.attached(disk, 'qcow2', CONF,
+                                 backing=attach.HEADER) as target:
                 target.run('e2fsck', ['-fn'])
                 out = target.run('dumpe2fs', ['-h'])[0]
                 fields = dict(line.split(':', 1) for line in
@@ -365,7 +368,8 @@ class TestAmiServers(AmiServersBase):
         self.assertEqual([], attaches)
         self.assertEqual(1, len(grows))
         disk = os.path.join(self._instance_dir(third), 'disk')
-        with real_attached(disk, 'qcow2', CONF) as target:
+        with real_attached(disk, 'qcow2', CONF,
+                           backing=attach.HEADER) as target:
             out = target.run('dumpe2fs', ['-h'])[0]
         fields = dict(line.split(':', 1) for line in out.splitlines()
                       if ':' in line)
