@@ -11,6 +11,7 @@ plain ELF only) and an /init that mounts ``root=`` and switch_roots into
 ``init=`` or /sbin/init. The archive is reproducible: same inputs, same bytes.
 """
 
+import collections
 import gzip
 import io
 import os
@@ -158,17 +159,25 @@ class ModuleIndex(object):
 
     def depends(self, name):
         if name not in self._deps:
-            # The module may come from an image: in the sandbox.
+            # The module may come from an image: in the sandbox, one run
+            # for both fields (modinfo knows a module by its suffix).
             path = self.files[name]
-            out = sandbox.run(['modinfo', '-F', 'depends', path], path,
-                              files=[path]).text
-            deps = [_module_name(d) for d in out.strip().split(',') if d]
+            suffix = next(x for x in _MODULE_SUFFIXES[::-1]
+                          if path.endswith(x))
+            with sandbox.Run(path, sandbox.Limits()) as r:
+                out = r.execute(['modinfo', r.file_named(
+                    path, 'module' + suffix)]).text
+            fields = collections.defaultdict(list)
+            for line in out.splitlines():
+                key, sep, value = line.partition(':')
+                if sep and key in ('depends', 'softdep'):
+                    fields[key].append(value.strip())
+            deps = [_module_name(d) for v in fields['depends']
+                    for d in v.split(',') if d]
             # softdep "pre:" modules must be loaded first as well; modprobe
             # honours them and so do we.
-            out = sandbox.run(['modinfo', '-F', 'softdep', path], path,
-                              files=[path]).text
-            for line in out.splitlines():
-                m = re.match(r'\s*pre:\s*(.*)', line)
+            for line in fields['softdep']:
+                m = re.match(r'\s*pre:\s*(.*?)(?:\s+post:.*)?$', line)
                 if m:
                     deps.extend(_module_name(d) for d in m.group(1).split()
                                 if _module_name(d) in self.files)

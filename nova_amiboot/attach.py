@@ -115,7 +115,10 @@ class Target(object):
 def choose_method(conf):
     method = conf.amiboot.attach_method
     if method == 'auto':
-        return 'nbd' if os.path.exists('/sys/block/nbd0') else 'fuse'
+        # The FUSE route keeps every parser of the disk in the sandbox;
+        # qemu-nbd must run as root for the kernel's device.
+        return 'fuse' if os.path.exists('/dev/fuse') or not \
+            os.path.exists('/sys/block/nbd0') else 'nbd'
     return method
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import glob
 import hashlib
+import json
 import os
 import re
 import threading
@@ -170,7 +171,8 @@ class ImageCache(object):
             # Under this lock nobody writes this base: any temporary file
             # of it is left from a fetch that died (kill -9, power loss).
             self._remove_stale_parts(path)
-            info = self._download(meta, path, max_virtual_size)
+            info = self._download(meta, path, max_virtual_size,
+                                  root=expected_format == 'ami')
             _record_format(path, meta.disk_format)
             self._pin(path)
         return CachedImage(image_id, path, 'raw', info.virtual_size)
@@ -193,9 +195,17 @@ class ImageCache(object):
             raise exception.InsufficientSpace(image=meta.id, needed=needed,
                                               free=free, path=self.base_dir)
 
-    def _download(self, meta, path, max_virtual_size=None):
+    def _download(self, meta, path, max_virtual_size=None, root=False):
+        """Fetch, verify, inspect and convert ``meta`` into ``path``.
+
+        ``root``: the image is an AMI's root: refused (before a qcow2 is
+        converted, and again on the raw base) unless it holds a filesystem
+        the pipeline serves, and its base checked once (grow.base_facts)
+        before it enters the cache; nothing of a refused image stays.
+        """
         tmp = '%s.part-%d' % (path, os.getpid())
         conv = tmp + '.raw'
+        head = tmp + '.head'
         t0 = time.monotonic()
         try:
             if meta.size:
@@ -213,6 +223,8 @@ class ImageCache(object):
                 # large as the virtual size, which inspect() bounded by
                 # max_image_virtual_size_gb. It must also fit on the disk,
                 # checked now rather than found out by filling it.
+                if root:
+                    self._check_root_fs(meta, tmp, 'qcow2', info, head)
                 self._check_space(meta, info.virtual_size, 'converting')
                 # The base is always raw: the overlay's backing_fmt says so
                 # and nothing has to interpret qcow2 metadata again.
@@ -231,6 +243,11 @@ class ImageCache(object):
                 os.unlink(tmp)
                 os.rename(conv, tmp)
                 info = safety.inspect(tmp, 'raw', meta.id, self.conf)
+            if root:
+                # Checked on the base itself (its facts go with its inode).
+                os.chmod(tmp, 0o644)
+                facts = grow.base_facts(tmp, self.conf, image=meta.id)
+                self._refuse_unservable(meta, facts['fstype'])
             os.chmod(tmp, 0o644)
             with open(tmp, 'rb') as f:
                 os.fsync(f.fileno())
@@ -248,7 +265,7 @@ class ImageCache(object):
                                          % meta.id)
             raise exception.ImageDownloadFailed(image=meta.id, reason=str(e))
         finally:
-            for leftover in (tmp, conv):
+            for leftover in (tmp, conv, head):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
         LOG.info("Fetched image %(id)s (%(fmt)s, %(size)d bytes) into "
@@ -256,6 +273,38 @@ class ImageCache(object):
                  {'id': meta.id, 'fmt': meta.disk_format, 'size': meta.size,
                   'path': path, 't': time.monotonic() - t0})
         return info
+
+    def _check_root_fs(self, meta, src, fmt, info, head):
+        """Refuse a qcow2 AMI holding no servable filesystem, unconverted.
+
+        Its first MiB is converted (in the sandbox, no backing opened) and
+        probed there: a few KiB of qcow2 that would make gigabytes of raw
+        base and then be refused never get that far.
+        """
+        size = min(1024 ** 2, info.virtual_size)
+        spec = {'driver': 'raw', 'offset': 0, 'size': size,
+                'file': {'driver': fmt, 'backing': None,
+                         'file': {'driver': 'file', 'filename': src}}}
+        os.close(os.open(head, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        lim = sandbox.Limits.from_conf(self.conf, timeout=120)
+        with sandbox.Run(meta.id, lim) as r:
+            spec['file']['file']['filename'] = r.file(src)
+            r.execute(['qemu-img', 'convert', '-q', 'json:' + json.dumps(
+                spec), '-O', 'raw', r.file(head, write=True)])
+        os.truncate(head, info.virtual_size)
+        res = sandbox.run(['blkid', '-p', '-o', 'value', '-s', 'TYPE', head],
+                          meta.id, self.conf, files=[head], ok_codes=(0, 2))
+        os.unlink(head)
+        self._refuse_unservable(meta, res.text.strip() or None)
+
+    @staticmethod
+    def _refuse_unservable(meta, fstype):
+        if fstype not in grow.SERVABLE_TYPES:
+            raise exception.InvalidImage(
+                image=meta.id, reason="it holds %s, not a root filesystem "
+                "the AMI boot method serves (%s)" % (
+                    'filesystem %s' % fstype if fstype else 'no filesystem',
+                    ', '.join(grow.SERVABLE_TYPES)))
 
     def _write_verified(self, meta, tmp):
         algo = meta.os_hash_algo if meta.os_hash_value else None

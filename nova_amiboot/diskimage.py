@@ -169,14 +169,18 @@ def inspect_source(src, image, conf):
     return 'raw', vsize
 
 
-def _range_opts(src, fmt, offset, size):
-    """qemu --image-opts for bytes [offset, offset+size) of ``src``."""
-    # Drivers named explicitly: nothing is probed (CVE-2014-0134).
-    inner = ('file.driver=file,file.filename=%s' % attach._qemu_opt(src)
-             if fmt == 'raw' else
-             'file.driver=qcow2,file.file.driver=file,'
-             'file.file.filename=%s' % attach._qemu_opt(src))
-    return 'driver=raw,offset=%d,size=%d,%s' % (offset, size, inner)
+def _range_spec(src, fmt, offset, size):
+    """qemu ``json:`` filename for bytes [offset, offset+size) of ``src``.
+
+    Drivers named explicitly: nothing is probed (CVE-2014-0134); a qcow2
+    source is opened with no backing at all, whatever its header names
+    (inspect_source refused one that has a backing file).
+    """
+    inner = {'driver': 'file', 'filename': src}
+    if fmt != 'raw':
+        inner = {'driver': 'qcow2', 'file': inner, 'backing': None}
+    return 'json:' + json.dumps({'driver': 'raw', 'offset': offset,
+                                 'size': size, 'file': inner})
 
 
 def copy_range(src, fmt, offset, size, dst, image=None, conf=None):
@@ -187,8 +191,8 @@ def copy_range(src, fmt, offset, size, dst, image=None, conf=None):
         timeout_name='[amiboot] image_convert_timeout') if conf \
         else sandbox.Limits()
     with sandbox.Run(image or src, lim) as r:
-        r.execute(['qemu-img', 'convert', '-q', '--image-opts',
-                   _range_opts(r.file(src), fmt, offset, size), '-O', 'raw',
+        r.execute(['qemu-img', 'convert', '-q',
+                   _range_spec(r.file(src), fmt, offset, size), '-O', 'raw',
                    r.file(dst, write=True)])
     with open(dst, 'r+b') as f:
         f.truncate(size)
@@ -241,16 +245,16 @@ def _rank(part):
     return 3
 
 
-def probe(src, fmt, part, work, conf=None):
+def probe(src, fmt, part, work, conf=None, image=None):
     """Fill in fstype/label/uuid of ``part`` from its first MiB."""
     path = os.path.join(work, 'probe-%d' % part.number)
     copy_range(src, fmt, part.start, min(PROBE_BYTES, part.size), path,
-               conf=conf)
+               image, conf)
     with open(path, 'r+b') as f:
         f.truncate(part.size)
     try:
-        out = sandbox.run(['blkid', '-p', '-o', 'export', path], src,
-                          files=[path], ok_codes=(0, 2)).text
+        out = sandbox.run(['blkid', '-p', '-o', 'export', path],
+                          image or src, files=[path], ok_codes=(0, 2)).text
     finally:
         os.unlink(path)
     values = dict(line.split('=', 1) for line in out.splitlines()
@@ -821,12 +825,30 @@ def convert(src, image, work, conf, kernel_version=None,
         raise exception.InvalidInput(
             reason="kernel version %r is not a plain version" %
                    kernel_version)
+    # Opened once: every later reader gets this descriptor, so the file
+    # checked is the file read (a path could be swapped in between).
+    try:
+        src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise exception.ImageNotFound(image=image, source="file %s (%s)"
+                                      % (src, e.strerror))
+    try:
+        if not stat.S_ISREG(os.fstat(src_fd).st_mode):
+            raise exception.ImageNotFound(image=image,
+                                          source="file %s" % src)
+        return _convert('/proc/self/fd/%d' % src_fd, image, work, conf,
+                        kernel_version, label, append)
+    finally:
+        os.close(src_fd)
+
+
+def _convert(src, image, work, conf, kernel_version, label, append):
     fmt, vsize = inspect_source(src, image, conf)
     parts = read_partitions(src, fmt, vsize, work, image, conf)
     ranked = sorted((p for p in parts if _rank(p) is not None),
                     key=lambda p: (_rank(p), p.number))
     for p in ranked:
-        probe(src, fmt, p, work, conf)
+        probe(src, fmt, p, work, conf, image)
     refused, root, root_fs, boot_tree = [], None, None, None
     for p in ranked:
         if p.fstype in EXT_TYPES:

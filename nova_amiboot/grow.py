@@ -30,6 +30,10 @@ from nova_amiboot import utils
 LOG = logging.getLogger(__name__)
 
 EXT_TYPES = ('ext2', 'ext3', 'ext4')
+# Root filesystems an AMI may hold: the pipeline boots them (ext2/3/4 are
+# also grown and written from user space). An AMI base holding anything
+# else is refused when it is fetched.
+SERVABLE_TYPES = EXT_TYPES + ('xfs', 'btrfs')
 # Facts about a cached base's filesystem, kept on the base's own inode: they
 # derive from its content, which never changes once it is in the cache.
 _FACTS_XATTR = 'user.amiboot.fs'

@@ -64,14 +64,18 @@ disks with heavy random writes.
 """),
     cfg.StrOpt('attach_method',
                default='auto',
-               choices=[('auto', 'nbd when /dev/nbd0 exists, else fuse'),
-                        ('nbd', 'qemu-nbd on a /dev/nbdN device (root)'),
+               choices=[('auto', 'fuse when /dev/fuse exists, else nbd'),
+                        ('nbd', 'qemu-nbd on a /dev/nbdN device (qemu-nbd '
+                         'runs as root)'),
                         ('fuse', 'qemu-storage-daemon FUSE export of the '
-                         'disk as a regular file (no kernel block device)')],
+                         'disk as a regular file, inside the sandbox of '
+                         'the tools (no kernel block device, no root)')],
                help="""
 How the instance disk is reached while its filesystem is grown and files are
-injected. Either way the filesystem is edited from user space (e2fsprogs);
-it is not mounted in the host kernel.
+injected. Either way the filesystem is edited from user space (e2fsprogs, in
+the sandbox); it is not mounted in the host kernel. With fuse nothing that
+parses the disk runs as root; with nbd, qemu-nbd does (on files the
+privileged side opened and checked).
 """),
     cfg.BoolOpt('grow_filesystem',
                 default=True,
