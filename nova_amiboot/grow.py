@@ -25,6 +25,7 @@ from oslo_log import log as logging
 from nova_amiboot import attach
 from nova_amiboot import disk
 from nova_amiboot import exception
+from nova_amiboot import sandbox
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -95,6 +96,13 @@ def base_facts(path, conf, image=None):
                 except exception.CommandFailed as e:
                     LOG.info("Base %(path)s gets e2fsck on every instance "
                              "disk: %(err)s", {'path': path, 'err': e})
+        # e2fsck -p exits 0 after replaying a journal: "changed nothing"
+        # is read from the overlay itself (nothing written to it).
+        if facts['clean'] and fmt == 'qcow2' and _written(scratch,
+                                                          image or path):
+            LOG.info("Base %s gets e2fsck on every instance disk: the "
+                     "check changed it (a journal to replay?)", path)
+            facts['clean'] = False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -103,6 +111,30 @@ def base_facts(path, conf, image=None):
         # No user xattrs on this filesystem: check again next time.
         LOG.debug("Cannot record facts of %s: %s", path, e)
     return facts
+
+
+def _written(overlay, image):
+    """True if the qcow2 ``overlay`` holds any data of its own."""
+    with sandbox.Run(image, sandbox.Limits(timeout=60)) as r:
+        res = r.execute(['qemu-img', 'map', '--output=json',
+                         disk.sandboxed_filename(r, overlay, 'qcow2')])
+    return any(e.get('data') and not e.get('depth') for e in
+               json.loads(res.out))
+
+
+def check(target, instance='?', image='?'):
+    """e2fsck -fp the disk's filesystem: replay its journal, mend or refuse.
+
+    A journal left to replay would be replayed by the guest's kernel at
+    mount, over whatever was written here before.
+    """
+    try:
+        # 0: clean, 1: errors fixed, 2: fixed, reboot advised; 4 and up:
+        # errors left, which nothing must work on.
+        target.run('e2fsck', ['-fp'], ok_codes=(0, 1, 2))
+    except exception.CommandFailed as e:
+        raise exception.FilesystemCorrupt(instance=instance, image=image,
+                                          reason=str(e))
 
 
 def grow(target, instance='?', image='?', fstype=None, checked=False):
@@ -119,13 +151,7 @@ def grow(target, instance='?', image='?', fstype=None, checked=False):
                     {'inst': instance, 'fs': fstype, 'image': image})
         return False
     if not checked:
-        try:
-            # 0: clean, 1: errors fixed, 2: fixed, reboot advised; 4 and
-            # up: errors left, which resize2fs must not work on.
-            target.run('e2fsck', ['-fp'], ok_codes=(0, 1, 2))
-        except exception.CommandFailed as e:
-            raise exception.FilesystemCorrupt(instance=instance, image=image,
-                                              reason=str(e))
+        check(target, instance, image)
     try:
         # -f: resize2fs wants a check newer than the last mount; the check
         # above (or of the identical base) is that check.

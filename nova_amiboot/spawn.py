@@ -147,6 +147,11 @@ def customise(target, req, conf, facts, grown=False, selinux=None,
     wanted = wants(req, conf)
     if not wanted:
         return grown
+    if is_ext and not grown and not facts['clean']:
+        # Not grown, so not checked: a base that e2fsck changes (a journal
+        # to replay, above all) is checked before anything is written, or
+        # the guest's kernel replays the journal over what we wrote.
+        grow.check(target, instance=req.name, image=req.image_id)
     if not is_ext:
         raise exception.InjectionFailed(
             instance=req.name, what=', '.join(wanted),

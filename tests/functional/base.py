@@ -43,16 +43,28 @@ def live_processes(name):
     return pids
 
 
-def tool_processes():
+def _ppid(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return int(f.read().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def tool_processes(mine=True):
     """PIDs of live processes of the sandbox's tool user (none if absent).
 
     A sandboxed tool names its files as /proc/self/fd/N: it is found by
-    its user, not by a path in its command line.
+    its user, not by a path in its command line. ``mine``: only those
+    descending from this process (another test run on the host has its
+    own). A sandbox cannot outlive its bwrap (the pid namespace dies with
+    its init), and bwrap is a child of the process that started it.
     """
     try:
         uid = pwd.getpwnam(sandbox.DEFAULT_USER).pw_uid
     except KeyError:
         return []
+    me = os.getpid()
     pids = []
     for pid in os.listdir('/proc'):
         if not pid.isdigit():
@@ -63,8 +75,15 @@ def tool_processes():
                 state = f.read().rsplit(')', 1)[1].split()[0]
         except OSError:
             continue
-        if st.st_uid == uid and state != 'Z':
-            pids.append(int(pid))
+        if st.st_uid != uid or state == 'Z':
+            continue
+        if mine:
+            p, seen = int(pid), 0
+            while p > 1 and p != me and seen < 64:
+                p, seen = _ppid(p), seen + 1
+            if p != me:
+                continue
+        pids.append(int(pid))
     return pids
 
 
