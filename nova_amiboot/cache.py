@@ -285,7 +285,7 @@ class ImageCache(object):
         spec = {'driver': 'raw', 'offset': 0, 'size': size,
                 'file': {'driver': fmt, 'backing': None,
                          'file': {'driver': 'file', 'filename': src}}}
-        os.close(os.open(head, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(head, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         lim = sandbox.Limits.from_conf(self.conf, timeout=120)
         with sandbox.Run(meta.id, lim) as r:
             spec['file']['file']['filename'] = r.file(src)

@@ -185,7 +185,7 @@ def _range_spec(src, fmt, offset, size):
 
 def copy_range(src, fmt, offset, size, dst, image=None, conf=None):
     """Copy a byte range of the disk into the raw file ``dst`` (sparse)."""
-    os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     lim = sandbox.Limits.from_conf(
         conf, timeout=conf.amiboot.image_convert_timeout,
         timeout_name='[amiboot] image_convert_timeout') if conf \

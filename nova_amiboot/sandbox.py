@@ -251,6 +251,14 @@ class Run(object):
         st = os.fstat(fd)
         if write and stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
             self._grant(fd, st)
+        elif os.geteuid() == 0 and st.st_uid != self.uid and \
+                not st.st_mode & stat.S_IROTH:
+            # Tools open /proc/self/fd/N anew, as the tool user: a file it
+            # cannot read would look empty or missing to it (blkid says
+            # "nothing found"), never an error. Make that loud.
+            raise exception.SandboxUnavailable(
+                reason="%s (for %s) is not readable by the tool user"
+                % (path, self.image))
         return self.fd(fd)
 
     def file_named(self, path, name):

@@ -113,7 +113,7 @@ def snapshot(cloud, instance, name, keep_injected=False):
         # base (whatever the header names), a data file refused; in the
         # sandbox only the disk and that base exist.
         disk_mod.check_header(disk, fmt, inst.name)
-        os.close(os.open(root, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(root, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         lim = sandbox.Limits.from_conf(
             cloud.conf, timeout=cloud.conf.amiboot.image_convert_timeout,
             timeout_name='[amiboot] image_convert_timeout')
