@@ -94,6 +94,12 @@ def base_facts(path, conf, image=None):
                     target.run('e2fsck', ['-fp'])
                     facts['clean'] = True
                 except exception.CommandFailed as e:
+                    if utils.fs_full(instances):
+                        # Not a fact of the base: its scratch overlay met
+                        # a full instances filesystem.
+                        raise exception.DiskFull(
+                            path=instances, action="checking image %s"
+                            % (image or path))
                     LOG.info("Base %(path)s gets e2fsck on every instance "
                              "disk: %(err)s", {'path': path, 'err': e})
         # e2fsck -p exits 0 after replaying a journal: "changed nothing"

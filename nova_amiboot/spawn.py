@@ -175,12 +175,17 @@ def customise(target, req, conf, facts, grown=False, selinux=None,
 BUILDING = '.amiboot-building'
 
 
-def _disk_full(e):
+def _disk_full(e, path=None):
+    """True if ``e`` came from a full filesystem (that of ``path``)."""
     if isinstance(e, OSError):
         return e.errno == errno.ENOSPC
-    return isinstance(e, exception.AmibootException) and \
-        not isinstance(e, exception.DiskFull) and \
-        'No space left on device' in str(e)
+    if isinstance(e, exception.ToolOutOfSpace):
+        return True
+    # A tool that met ENOSPC under a FUSE export may only report an
+    # inconsistency: then the filesystem's free space tells.
+    return path is not None and \
+        isinstance(e, exception.AmibootException) and \
+        not isinstance(e, exception.DiskFull) and utils.fs_full(path)
 
 
 def _claim_instance_dir(idir, req):
@@ -351,7 +356,7 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
         # Not removed under a copy still writing into it.
         futures.wait(copies)
         shutil.rmtree(idir, ignore_errors=True)
-        if _disk_full(e):
+        if _disk_full(e, cache.instances_path):
             # Whichever tool met it (qemu-img, the FUSE export under
             # e2fsprogs, our own writes), the cause is the same.
             raise exception.DiskFull(

@@ -195,6 +195,24 @@ def reap_stale_tempdirs(prefix, release=None, dir=None):
     return removed
 
 
+# Less free space than this on a filesystem counts as full: a write of a
+# qcow2 cluster or a journal would fail there.
+FULL_MARGIN = 4 * 1024 * 1024
+
+
+def fs_full(path):
+    """True if the filesystem holding ``path`` has (almost) no room left.
+
+    A tool writing through a FUSE export that meets ENOSPC often says only
+    that its filesystem is inconsistent: the free space is the fact.
+    """
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_MARGIN
+
+
 def fdatasync(path):
     """Make the data of file ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)

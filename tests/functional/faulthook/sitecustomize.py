@@ -11,7 +11,8 @@ production code carries no hook. Environment:
   filesystem of AMIBOOT_FILL_FILE (writing that file until ENOSPC) and go
   on: what follows meets a full disk.
 
-Steps: ``download`` (first chunk written), ``inspect``, ``run:<tool>``
+Steps: ``download`` (first chunk written), ``inspect``, ``fetched`` (a
+base renamed into the cache, checked), ``run:<tool>``
 (the tool started and still running, in its sandbox: qemu-img
 info/convert/create, qemu-storage-daemon, blkid, e2fsck, resize2fs,
 debugfs, dumpe2fs, all through nova_amiboot.sandbox), ``attached``
@@ -149,6 +150,9 @@ def _install():
 
     cache._HashingWriter = Writer
     safety.inspect = step_before('inspect', safety.inspect)
+    # A base is in the cache (renamed into place, checked).
+    cache.ImageCache._download = step_after('fetched',
+                                            cache.ImageCache._download)
     real_replace = os.replace
 
     def replace(src, dst, *args, **kwargs):
