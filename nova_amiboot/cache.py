@@ -258,11 +258,10 @@ class ImageCache(object):
                 raise exception.DiskFull(path=self.base_dir,
                                          action="fetching image %s" % meta.id)
             raise
+        except exception.ToolOutOfSpace:
+            raise exception.DiskFull(path=self.base_dir,
+                                     action="converting image %s" % meta.id)
         except exception.CommandFailed as e:
-            if 'No space left' in str(e):
-                raise exception.DiskFull(path=self.base_dir,
-                                         action="converting image %s"
-                                         % meta.id)
             raise exception.ImageDownloadFailed(image=meta.id, reason=str(e))
         finally:
             for leftover in (tmp, conv, head):
