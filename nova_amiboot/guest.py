@@ -206,5 +206,9 @@ def escape(text, keep='\t'):
 
 
 def printable_console(text):
-    """The console for a terminal: lines kept, everything else escaped."""
-    return escape(text, keep='\t\n')
+    """The console for a terminal: lines kept, everything else escaped.
+
+    A serial console ends its lines with CR LF: that pair is a line end; a
+    lone CR (which would let a line overwrite itself) is escaped.
+    """
+    return escape(text.replace('\r\n', '\n'), keep='\t\n')

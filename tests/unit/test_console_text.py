@@ -41,6 +41,9 @@ class TestConsoleText(unittest.TestCase):
         self.assertEqual(HOSTILE.count('\n'), out.count('\n'))
         self.assertNotIn('\x1b', out)
         self.assertNotIn('\r', out)
+        # CR LF is a line end; a lone CR is escaped.
+        self.assertEqual('a\nb\\x0dc\n',
+                         guest.printable_console('a\r\nb\rc\r\n'))
 
     def test_boot_error_is_one_bounded_line(self):
         with tempfile.TemporaryDirectory() as d:
