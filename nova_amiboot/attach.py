@@ -91,12 +91,12 @@ class Target(object):
         # stderr of a tool reading an untrusted filesystem can run on for
         # many lines.
         except processutils.ProcessExecutionError as e:
-            raise exception.CommandFailed(
+            raise exception.command_failed(
                 cmd=tool, code=e.exit_code,
                 stderr=utils.one_line(e.stderr or ''))
         except e2fs.Failed as e:
-            raise exception.CommandFailed(cmd=tool, code=e.code,
-                                          stderr=utils.one_line(e.stderr))
+            raise exception.command_failed(cmd=tool, code=e.code,
+                                           stderr=utils.one_line(e.stderr))
         except exception.ToolLimitExceeded as e:
             if self.method == 'nbd' and self.image != self.path:
                 # The privileged side knows the device, not the image.

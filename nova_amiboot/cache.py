@@ -258,11 +258,17 @@ class ImageCache(object):
                 raise exception.DiskFull(path=self.base_dir,
                                          action="fetching image %s" % meta.id)
             raise
-        except exception.CommandFailed as e:
-            if 'No space left' in str(e):
+        except exception.ToolOutOfSpace:
+            raise exception.DiskFull(path=self.base_dir,
+                                     action="converting image %s" % meta.id)
+        except (exception.CommandFailed, exception.AttachFailed) as e:
+            # Under a FUSE export a full disk may show as anything.
+            if utils.fs_full(self.base_dir):
                 raise exception.DiskFull(path=self.base_dir,
-                                         action="converting image %s"
+                                         action="checking image %s"
                                          % meta.id)
+            if isinstance(e, exception.AttachFailed):
+                raise
             raise exception.ImageDownloadFailed(image=meta.id, reason=str(e))
         finally:
             for leftover in (tmp, conv, head):

@@ -54,7 +54,7 @@ def create(base, path, size, mode='overlay', instance='?', image='?',
         if os.path.exists(path):
             os.unlink(path)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC or \
-                'No space left' in str(e):
+                isinstance(e, exception.ToolOutOfSpace):
             raise exception.DiskFull(path=os.path.dirname(path),
                                      action="creating the disk of %s"
                                      % instance)

@@ -208,13 +208,18 @@ def read_partitions(src, fmt, vsize, work, image, conf=None):
                    conf)
         with open(table_file, 'r+b') as f:
             f.truncate(vsize)
+    # A partition table at all? (blkid's low-level probe: exit 2 and no
+    # PTTYPE when there is none.) Then sfdisk reads it.
+    pttype = sandbox.run(['blkid', '-p', '-o', 'value', '-s', 'PTTYPE',
+                          table_file], image, files=[table_file],
+                         ok_codes=(0, 2)).text.strip()
+    if not pttype:
+        return [Partition(0, 0, vsize)]
     try:
         out = sandbox.run(['sfdisk', '--json', table_file], image,
                           files=[table_file]).text
     except exception.CommandFailed as e:
-        if 'does not contain a recognized partition table' in str(e):
-            return [Partition(0, 0, vsize)]
-        _fail(image, "cannot read its partition table: %s" % e)
+        _fail(image, "cannot read its %s partition table: %s" % (pttype, e))
     table = json.loads(out or '{}').get('partitiontable') or {}
     sector = int(table.get('sectorsize', 512))
     parts = []

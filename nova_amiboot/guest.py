@@ -26,8 +26,7 @@ def _ignore_libvirt_errors(_ctx, _err):
 libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
 
 
-class GuestError(exception.AmibootException):
-    msg_fmt = "Guest %(name)s: %(reason)s"
+GuestError = exception.GuestError
 
 
 class Host(object):
@@ -167,8 +166,9 @@ def wait_for_console(host, name, log_path, done, timeout,
             text = read_console(log_path)
             if done(text):
                 return text
-            raise GuestError(name=name, reason="stopped before it was ready; "
-                             "console ends with: %s" % _tail(text))
+            raise exception.GuestStopped(name=name, reason="stopped before "
+                                         "it was ready; "
+                                         "console ends with: %s" % _tail(text))
         if time.monotonic() > deadline:
             raise GuestError(name=name, reason="not ready after %ds; console "
                              "ends with: %s" % (timeout, _tail(text)))

@@ -394,8 +394,8 @@ def execute_argv(argv, cmd, image, lim, stdin=None, out_limit=MAX_OUT,
             'No such file' in err_text or 'failed to execute' in err_text):
         raise exception.ToolMissing(tool=tool)
     if not truncated and code not in ok_codes:
-        raise exception.CommandFailed(cmd=_name(cmd), code=code,
-                                      stderr=_one_line(err_text or out))
+        raise exception.command_failed(cmd=_name(cmd), code=code,
+                                       stderr=_one_line(err_text or out))
     return Result(out, err_text, code, truncated, rss, elapsed)
 
 

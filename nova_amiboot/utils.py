@@ -56,7 +56,7 @@ def execute(*cmd, **kwargs):
         return processutils.execute(*cmd, timeout=timeout,
                                     on_execute=_started, **kwargs)
     except processutils.ProcessExecutionError as e:
-        raise exception.CommandFailed(
+        raise exception.command_failed(
             cmd=name, code=e.exit_code,
             stderr=one_line(e.stderr or e.stdout or ''))
     except subprocess.TimeoutExpired:
@@ -94,8 +94,8 @@ def execute_quick(*cmd, timeout=None):
     out = proc.stdout.decode('utf-8', 'replace')
     err = proc.stderr.decode('utf-8', 'replace')
     if proc.returncode:
-        raise exception.CommandFailed(cmd=name, code=proc.returncode,
-                                      stderr=one_line(err or out))
+        raise exception.command_failed(cmd=name, code=proc.returncode,
+                                       stderr=one_line(err or out))
     return out, err
 
 
