@@ -398,16 +398,21 @@ class ImageFS(inject.GuestFS):
             if not line.isascii() or not line.isprintable() or \
                     len(line) >= _MAX_LINE:
                 self._fail(what, "debugfs line too long or not one line")
-        script = ''.join(line + '\n' for line in lines).encode('ascii')
         try:
             with sandbox.Run(self.image, self.target.limits or
                              sandbox.Limits()) as r:
                 cmd = ['debugfs'] + (['-w'] if write else []) + \
                     ['-f', '-', r.file(self.target.path, write=write)]
-                if outdir:
-                    r.outdir(outdir)
-                for d in indirs:
-                    r.outdir(d, write=False)
+                dirs = ([(outdir, True)] if outdir else []) + \
+                    [(d, False) for d in indirs]
+                for d, w in dirs:
+                    # Our own script's paths under d: as the sandbox has it.
+                    inside = r.outdir(d, write=w)
+                    lines = [' '.join(sandbox.in_dir(line.split(' '), d,
+                                                     inside))
+                             for line in lines]
+                script = ''.join(line + '\n' for line in lines).encode(
+                    'ascii')
                 res = r.execute(cmd, stdin=script)
         except exception.CommandFailed as e:
             self._fail(what, str(e))
@@ -542,7 +547,7 @@ class ImageFS(inject.GuestFS):
         ino = self._real_dir(path)
         if ino is None:
             return None
-        os.mkdir(dest, 0o700)
+        os.mkdir(dest, 0o755)
         if path == '/':
             result, top = dest, dest
         else:

@@ -25,7 +25,6 @@ from oslo_log import log as logging
 from nova_amiboot import attach
 from nova_amiboot import disk
 from nova_amiboot import exception
-from nova_amiboot import sandbox
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -91,8 +90,12 @@ def base_facts(path, conf, image=None):
             facts['fstype'] = fs_type(target)
             if facts['fstype'] in EXT_TYPES:
                 try:
+                    # e2fsck -p replays a journal or releases orphans and
+                    # still exits 0: the guest's kernel would do that
+                    # over what we write, so such a base is not clean.
+                    pending = _pending_recovery(target)
                     target.run('e2fsck', ['-fp'])
-                    facts['clean'] = True
+                    facts['clean'] = not pending
                 except exception.CommandFailed as e:
                     if utils.fs_full(instances):
                         # Not a fact of the base: its scratch overlay met
@@ -102,13 +105,6 @@ def base_facts(path, conf, image=None):
                             % (image or path))
                     LOG.info("Base %(path)s gets e2fsck on every instance "
                              "disk: %(err)s", {'path': path, 'err': e})
-        # e2fsck -p exits 0 after replaying a journal: "changed nothing"
-        # is read from the overlay itself (nothing written to it).
-        if facts['clean'] and fmt == 'qcow2' and _written(scratch,
-                                                          image or path):
-            LOG.info("Base %s gets e2fsck on every instance disk: the "
-                     "check changed it (a journal to replay?)", path)
-            facts['clean'] = False
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -119,13 +115,18 @@ def base_facts(path, conf, image=None):
     return facts
 
 
-def _written(overlay, image):
-    """True if the qcow2 ``overlay`` holds any data of its own."""
-    with sandbox.Run(image, sandbox.Limits(timeout=60)) as r:
-        res = r.execute(['qemu-img', 'map', '--output=json',
-                         disk.sandboxed_filename(r, overlay, 'qcow2')])
-    return any(e.get('data') and not e.get('depth') for e in
-               json.loads(res.out))
+def _pending_recovery(target):
+    """True if the filesystem has a journal to replay or orphans to free."""
+    out, _err = target.run('dumpe2fs', ['-h'])
+    for line in out.splitlines():
+        key, _sep, value = line.partition(':')
+        if key == 'Filesystem features' and \
+                'needs_recovery' in value.split():
+            return True
+        if key == 'First orphan inode' and \
+                value.strip() not in ('', '0'):
+            return True
+    return False
 
 
 def check(target, instance='?', image='?'):

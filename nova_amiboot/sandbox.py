@@ -285,20 +285,21 @@ class Run(object):
             os.fchmod(fd, (st.st_mode & 0o7777) | 0o600)
 
     def outdir(self, path, write=True):
-        """Bind host directory ``path`` at the same path in the sandbox.
+        """The sandbox's path of host directory ``path``: /proc/self/fd/N.
 
-        The tool user owns it for the run (a private directory root made
-        for this run); what the tool writes there is the tool user's.
+        Handed over as a descriptor (no bind mount: bwrap would resolve the
+        host path as the tool user, through directories only root may
+        enter). Tools name files in it as ``/proc/self/fd/N/<name>``.
+        ``write``: the tool user owns it for the run (a private directory
+        root made for this run); what the tool writes there is the tool
+        user's. Read-only, the tool user must be able to enter it.
         """
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
                      os.O_CLOEXEC)
         self._owned.append(fd)
         if write:
             self._grant(fd, os.fstat(fd))
-        self.fds.append(fd)
-        self._binds += ['--bind-fd' if write else '--ro-bind-fd', str(fd),
-                        path]
-        return path
+        return self.fd(fd)
 
     def close(self):
         for fd, uid, gid, mode in reversed(self._granted):
@@ -346,7 +347,8 @@ def run(cmd, image, conf=None, files=(), write=(), stdin=None,
 
     ``files``/``write``: host paths in ``cmd`` the tool reads / writes;
     they are replaced by the sandbox's paths of their descriptors.
-    ``outdir``: a private directory bound at its own path, writable.
+    ``outdir``: a private directory the tool writes in; ``cmd``'s
+    arguments naming it or a path in it are rewritten to match.
     """
     lim = limits(conf, **limit_args)
     with Run(image, lim) as r:
@@ -355,11 +357,29 @@ def run(cmd, image, conf=None, files=(), write=(), stdin=None,
             mapping[path] = r.file(path)
         for path in write:
             mapping[path] = r.file(path, write=True)
-        if outdir:
-            r.outdir(outdir)
         cmd = [mapping.get(c, c) if isinstance(c, str) else c for c in cmd]
+        if outdir:
+            cmd = in_dir(cmd, outdir, r.outdir(outdir))
         return r.execute(cmd, stdin=stdin, out_limit=out_limit,
                          ok_codes=ok_codes)
+
+
+def in_dir(words, host_dir, sandbox_dir):
+    """``words`` with ``host_dir`` (or a path in it) as the sandbox sees it.
+
+    Each word that is the directory, or starts with it and a slash, or
+    holds such a path after an ``=`` (``of=DIR/x``).
+    """
+    host_dir = host_dir.rstrip('/')
+
+    def one(w):
+        if not isinstance(w, str):
+            return w
+        head, eq, tail = w.rpartition('=') if '=' in w else ('', '', w)
+        if tail == host_dir or tail.startswith(host_dir + '/'):
+            return head + eq + sandbox_dir + tail[len(host_dir):]
+        return w
+    return [one(w) for w in words]
 
 
 def _name(cmd):
