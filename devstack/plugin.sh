@@ -11,6 +11,12 @@ source $NOVA_AMIBOOT_DIR/devstack/amiboot-compute.sh
 
 function install_nova_amiboot {
     setup_develop $NOVA_AMIBOOT_DIR
+    # Host tools on untrusted bytes run sandboxed as this user when the
+    # driver's privileged side runs them ([amiboot] tool_user).
+    if ! getent passwd amiboot-tool >/dev/null; then
+        sudo useradd --system --user-group --no-create-home \
+            --home-dir /nonexistent --shell /usr/sbin/nologin amiboot-tool
+    fi
 }
 
 # Everything but compute_driver (set when n-cpu restarts, below).

@@ -14,6 +14,7 @@ import os
 from oslo_log import log as logging
 
 from nova_amiboot import exception
+from nova_amiboot import sandbox
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -46,9 +47,10 @@ def build_ami(tree, output, label='cloudimg-rootfs', minimise=True):
                       '-L', label, '-d', tree, '-E', 'root_owner=0:0',
                       part, '%dk' % (size // 1024))
         if minimise:
-            utils.execute('e2fsck', '-fy', part, check_exit_code=[0, 1])
-            utils.execute('resize2fs', '-M', part)
-        utils.execute('e2fsck', '-fn', part)
+            sandbox.run(['e2fsck', '-fy', part], output, write=[part],
+                        ok_codes=(0, 1))
+            sandbox.run(['resize2fs', '-M', part], output, write=[part])
+        sandbox.run(['e2fsck', '-fn', part], output, files=[part])
         os.rename(part, output)
     finally:
         if os.path.exists(part):

@@ -11,6 +11,7 @@ plain ELF only) and an /init that mounts ``root=`` and switch_roots into
 ``init=`` or /sbin/init. The archive is reproducible: same inputs, same bytes.
 """
 
+import collections
 import gzip
 import io
 import os
@@ -21,6 +22,7 @@ import tempfile
 from oslo_log import log as logging
 
 from nova_amiboot import exception
+from nova_amiboot import sandbox
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -157,15 +159,25 @@ class ModuleIndex(object):
 
     def depends(self, name):
         if name not in self._deps:
-            out, _err = utils.execute('modinfo', '-F', 'depends',
-                                      self.files[name])
-            deps = [_module_name(d) for d in out.strip().split(',') if d]
+            # The module may come from an image: in the sandbox, one run
+            # for both fields (modinfo knows a module by its suffix).
+            path = self.files[name]
+            suffix = next(x for x in _MODULE_SUFFIXES[::-1]
+                          if path.endswith(x))
+            with sandbox.Run(path, sandbox.Limits()) as r:
+                out = r.execute(['modinfo', r.file_named(
+                    path, 'module' + suffix)]).text
+            fields = collections.defaultdict(list)
+            for line in out.splitlines():
+                key, sep, value = line.partition(':')
+                if sep and key in ('depends', 'softdep'):
+                    fields[key].append(value.strip())
+            deps = [_module_name(d) for v in fields['depends']
+                    for d in v.split(',') if d]
             # softdep "pre:" modules must be loaded first as well; modprobe
             # honours them and so do we.
-            out, _err = utils.execute('modinfo', '-F', 'softdep',
-                                      self.files[name])
-            for line in out.splitlines():
-                m = re.match(r'\s*pre:\s*(.*)', line)
+            for line in fields['softdep']:
+                m = re.match(r'\s*pre:\s*(.*?)(?:\s+post:.*)?$', line)
                 if m:
                     deps.extend(_module_name(d) for d in m.group(1).split()
                                 if _module_name(d) in self.files)
@@ -204,9 +216,15 @@ def _decompress_module(src, dst):
         return
     tool = {'.xz': ['xz', '-dc'], '.zst': ['zstd', '-dcq'],
             '.gz': ['gzip', '-dc']}[os.path.splitext(src)[1]]
-    out, _err = utils.execute(*(tool + [src]), binary=True)
+    # In the sandbox (the module may come from an image), bounded.
+    res = sandbox.run(tool + [src], src, files=[src],
+                      out_limit=sandbox.MAX_OUT)
+    if res.truncated:
+        raise exception.ARIBuildFailed(
+            reason="module %s decompresses to over %d bytes"
+                   % (src, sandbox.MAX_OUT))
     with open(dst, 'wb') as f:
-        f.write(out)
+        f.write(res.out)
 
 
 def _write_cpio(tree, output):

@@ -15,10 +15,7 @@ FUSE mount gone, the nbd device disconnected, even when the body fails.
 
 import contextlib
 import glob
-import json
 import os
-import shutil
-import signal
 import time
 
 from oslo_concurrency import lockutils
@@ -29,6 +26,7 @@ from nova_amiboot import disk as disk_mod
 from nova_amiboot import exception
 from nova_amiboot.privileged import e2fs
 from nova_amiboot.privileged import nbd as priv_nbd
+from nova_amiboot import sandbox
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -37,16 +35,29 @@ LOG = logging.getLogger(__name__)
 class Target(object):
     """A disk made visible to e2fsprogs; ``run`` runs one of them on it.
 
-    ``method`` is how it was reached: 'nbd' (tools run privileged), 'fuse'
-    or 'file' (a plain file, such as a raw base in the cache).
+    ``method`` is how it was reached: 'nbd' (tools get the device from the
+    privileged side), 'fuse' (a sandbox.Session serves the disk inside
+    the tools' sandbox) or 'file' (a plain file, such as a raw base in
+    the cache). Every tool runs in nova_amiboot.sandbox.
     """
 
-    def __init__(self, path, method, timeout=None):
+    def __init__(self, path, method, timeout=None, session=None,
+                 image=None, limits=None):
         self.path = path
         self.method = method
         # Seconds each tool may run on the (untrusted) filesystem; a crafted
         # one must not hang a spawn.
         self.timeout = timeout
+        self.session = session
+        # Named in errors (a limit that stopped a tool names the image).
+        self.image = image or path
+        self.limits = limits
+
+    def _limits(self):
+        if self.limits is None:
+            return sandbox.Limits(timeout=self.timeout or
+                                  sandbox.DEFAULT_TIMEOUT).as_dict()
+        return self.limits.as_dict()
 
     def run(self, tool, args, ok_codes=(0,), size=None):
         """Run e2fsprogs' ``tool`` with ``args`` (see e2fs.OPTIONS).
@@ -69,21 +80,31 @@ class Target(object):
         # Both routes build the command line and the debugfs script with
         # the same code (e2fs); on nbd it runs in the privsep daemon,
         # which checks everything again itself.
+        kwargs['limits'] = self._limits()
         try:
             if self.method == 'nbd':
                 return priv_nbd.run_e2fs(tool, self.path, list(args),
                                          **kwargs)
-            return e2fs.run(tool, list(args), self.path, **kwargs)
+            return e2fs.run(tool, list(args), self.path, image=self.image,
+                            session=self.session, **kwargs)
         # An error is one bounded line (as utils.execute makes it): the
         # stderr of a tool reading an untrusted filesystem can run on for
         # many lines.
         except processutils.ProcessExecutionError as e:
-            raise exception.CommandFailed(
+            raise exception.command_failed(
                 cmd=tool, code=e.exit_code,
                 stderr=utils.one_line(e.stderr or ''))
         except e2fs.Failed as e:
-            raise exception.CommandFailed(cmd=tool, code=e.code,
-                                          stderr=utils.one_line(e.stderr))
+            raise exception.command_failed(cmd=tool, code=e.code,
+                                           stderr=utils.one_line(e.stderr))
+        except exception.ToolLimitExceeded as e:
+            if self.method == 'nbd' and self.image != self.path:
+                # The privileged side knows the device, not the image.
+                raise exception.ToolLimitExceeded(
+                    tool=tool, image=self.image,
+                    limit=e.kwargs.get('limit', '?'),
+                    value=e.kwargs.get('value', '?'))
+            raise
         except FileNotFoundError:
             raise exception.ToolMissing(tool=tool)
         except ValueError as e:
@@ -94,7 +115,10 @@ class Target(object):
 def choose_method(conf):
     method = conf.amiboot.attach_method
     if method == 'auto':
-        return 'nbd' if os.path.exists('/sys/block/nbd0') else 'fuse'
+        # The FUSE route keeps every parser of the disk in the sandbox;
+        # qemu-nbd must run as root for the kernel's device.
+        return 'fuse' if os.path.exists('/dev/fuse') or not \
+            os.path.exists('/sys/block/nbd0') else 'nbd'
     return method
 
 
@@ -136,143 +160,62 @@ def _stated_backing(disk, fmt, backing):
 
 
 @contextlib.contextmanager
-def attached(disk, fmt, conf, method=None, backing=None):
+def attached(disk, fmt, conf, method=None, backing=None, image=None):
     """Yield a Target for ``disk`` (format ``fmt``) and release it after.
 
     ``backing``: the raw base a qcow2 ``disk`` is opened over (default: the
     one recorded when it was made; HEADER: the header's, for disks no guest
     ever ran on). Whatever the header names is never opened otherwise.
+    ``image``: what errors name (the image the disk was made from).
     """
     method = method or choose_method(conf)
+    lim = sandbox.Limits.from_conf(conf)
     if os.path.exists(disk):
         backing = _stated_backing(disk, fmt, backing)
     if method == 'fuse':
-        cm = _fuse(disk, fmt, conf.amiboot.attach_timeout, backing)
+        cm = _fuse(disk, fmt, conf.amiboot.attach_timeout, backing, image,
+                   lim)
     elif method == 'nbd':
         cm = _nbd(disk, fmt, conf.amiboot.attach_timeout)
     else:
         raise ValueError(method)
     with cm as target:
         target.timeout = conf.amiboot.fs_tool_timeout
+        target.limits = lim
+        target.image = image or disk
         yield target
 
 
-_EXPORT_PREFIX = 'amiboot-export-'
-
-
-def _release_stale_export(workdir):
-    """Stop the daemon and drop the mount of a dead spawn's export."""
-    mnt = os.path.join(workdir, 'disk')
-    try:
-        with open(os.path.join(workdir, 'pid')) as f:
-            pid = int(f.read().strip())
-        with open('/proc/%d/comm' % pid) as f:
-            # comm is cut at 15 characters.
-            ours = f.read().strip() == 'qemu-storage-daemon'[:15]
-    except (OSError, ValueError):
-        ours = False
-    if ours:
-        _stop_daemon(pid, mnt, 10)
-    elif fuse_mounted(mnt):
-        utils.execute('fusermount3', '-u', '-z', mnt)
-
-
-def reap_stale_exports():
-    """Release FUSE exports whose spawn was killed (no finally ran)."""
-    return utils.reap_stale_tempdirs(_EXPORT_PREFIX, _release_stale_export)
-
-
 @contextlib.contextmanager
-def _fuse(disk, fmt, timeout, backing=None):
-    reap_stale_exports()
-    workdir = utils.owned_tempdir(_EXPORT_PREFIX)
-    mnt = os.path.join(workdir, 'disk')
-    pidfile = os.path.join(workdir, 'pid')
-    open(mnt, 'w').close()
-    pid = None
+def _fuse(disk, fmt, timeout, backing=None, image=None, lim=None):
+    """Serve ``disk`` in a sandbox (sandbox.Session); yield its Target.
+
+    qemu-storage-daemon runs as the tool user in the sandbox and its FUSE
+    export is mounted in the sandbox's own mount namespace: nothing of it
+    is visible on the host, there is no run-time state on the host to
+    trust later, and it dies with this process (bwrap --die-with-parent).
+    """
+    sess = sandbox.Session(disk, fmt, image or disk,
+                           lim or sandbox.Limits(), timeout, backing=backing)
     try:
-        # --daemonize returns only once the export is set up (or failed),
-        # so there is no mount to poll for.
-        try:
-            # On every spawn's path: see execute_quick.
-            utils.execute_quick(
-                'qemu-storage-daemon',
-                # e2fsprogs fsync often; each would be a qcow2 flush and an
-                # fdatasync of the disk. Ignore them and sync once at the
-                # end (below).
-                '--blockdev', 'driver=file,node-name=file0,'
-                'cache.no-flush=on,filename=%s' % _qemu_opt(disk),
-                '--blockdev', _format_node(fmt, backing),
-                '--export', 'type=fuse,id=exp0,node-name=fmt0,'
-                'mountpoint=%s,writable=on' % _qemu_opt(mnt),
-                '--pidfile', pidfile, '--daemonize',
-                timeout=timeout)
-        except exception.CommandFailed as e:
-            raise exception.AttachFailed(path=disk, reason=str(e))
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-        if not fuse_mounted(mnt):
-            raise exception.AttachFailed(path=disk,
-                                         reason="FUSE export did not appear")
-        yield Target(mnt, 'fuse')
+        sess.__enter__()
+    except (ValueError, OSError) as e:
+        raise exception.AttachFailed(path=disk, reason=str(e))
+    except exception.CommandFailed as e:
+        raise exception.AttachFailed(path=disk, reason=str(e))
+    try:
+        yield Target(sandbox.MOUNT, 'fuse', session=sess, image=image,
+                     limits=lim)
     finally:
-        if pid:
-            _stop_daemon(pid, mnt, timeout)
-        else:
-            # A start that timed out or failed midway may still have left
-            # a daemon (and its pidfile) behind.
-            _release_stale_export(workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
+        sess.__exit__(None, None, None)
     # The daemon wrote everything to the page cache when it stopped; make
     # it durable before anyone boots from the disk.
     utils.fdatasync(disk)
 
 
-def _format_node(fmt, backing):
-    """The format node's --blockdev (JSON): the chain stated, for qcow2."""
-    node = {'driver': fmt, 'node-name': 'fmt0', 'file': 'file0'}
-    if fmt == 'qcow2':
-        node['backing'] = disk_mod.backing_node(backing)
-    return json.dumps(node)
-
-
 def _qemu_opt(value):
     # QEMU's option syntax escapes a comma by doubling it.
     return value.replace(',', ',,')
-
-
-def _stop_daemon(pid, mnt, timeout):
-    """SIGTERM qemu-storage-daemon: it flushes, unmounts and exits."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    if _alive(pid):
-        LOG.warning("qemu-storage-daemon %d ignored SIGTERM; killing it", pid)
-        os.kill(pid, signal.SIGKILL)
-    if fuse_mounted(mnt):
-        utils.execute('fusermount3', '-u', '-z', mnt)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours counts as gone (reap it).
-    try:
-        done, _status = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        pass
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().split(')')[-1].split()[0] != 'Z'
-    except FileNotFoundError:
-        return False
 
 
 def _free_nbd_devices():

@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import glob
 import hashlib
+import json
 import os
 import re
 import threading
@@ -30,6 +31,7 @@ from nova_amiboot import disk as disk_mod
 from nova_amiboot import exception
 from nova_amiboot import grow
 from nova_amiboot import safety
+from nova_amiboot import sandbox
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -169,7 +171,8 @@ class ImageCache(object):
             # Under this lock nobody writes this base: any temporary file
             # of it is left from a fetch that died (kill -9, power loss).
             self._remove_stale_parts(path)
-            info = self._download(meta, path, max_virtual_size)
+            info = self._download(meta, path, max_virtual_size,
+                                  root=expected_format == 'ami')
             _record_format(path, meta.disk_format)
             self._pin(path)
         return CachedImage(image_id, path, 'raw', info.virtual_size)
@@ -192,9 +195,17 @@ class ImageCache(object):
             raise exception.InsufficientSpace(image=meta.id, needed=needed,
                                               free=free, path=self.base_dir)
 
-    def _download(self, meta, path, max_virtual_size=None):
+    def _download(self, meta, path, max_virtual_size=None, root=False):
+        """Fetch, verify, inspect and convert ``meta`` into ``path``.
+
+        ``root``: the image is an AMI's root: refused (before a qcow2 is
+        converted, and again on the raw base) unless it holds a filesystem
+        the pipeline serves, and its base checked once (grow.base_facts)
+        before it enters the cache; nothing of a refused image stays.
+        """
         tmp = '%s.part-%d' % (path, os.getpid())
         conv = tmp + '.raw'
+        head = tmp + '.head'
         t0 = time.monotonic()
         try:
             if meta.size:
@@ -212,6 +223,8 @@ class ImageCache(object):
                 # large as the virtual size, which inspect() bounded by
                 # max_image_virtual_size_gb. It must also fit on the disk,
                 # checked now rather than found out by filling it.
+                if root:
+                    self._check_root_fs(meta, tmp, 'qcow2', info, head)
                 self._check_space(meta, info.virtual_size, 'converting')
                 # The base is always raw: the overlay's backing_fmt says so
                 # and nothing has to interpret qcow2 metadata again.
@@ -219,11 +232,22 @@ class ImageCache(object):
                     self.progress('converting %s to raw' % meta.id, 0, None)
                 # -S 4k: zero areas become holes (a sparse base), whether
                 # the qcow2 marks them as zero or stores them as data.
-                utils.execute('qemu-img', 'convert', '-q', '-f', 'qcow2',
-                              '-O', 'raw', '-S', '4k', tmp, conv)
+                os.close(os.open(conv, os.O_WRONLY | os.O_CREAT |
+                                 os.O_EXCL, 0o644))
+                sandbox.run(['qemu-img', 'convert', '-q', '-f', 'qcow2',
+                             '-O', 'raw', '-S', '4k', tmp, conv], meta.id,
+                            self.conf, files=[tmp], write=[conv],
+                            timeout=self.conf.amiboot.image_convert_timeout,
+                            file_size=info.virtual_size + 1024 ** 2,
+                            timeout_name='[amiboot] image_convert_timeout')
                 os.unlink(tmp)
                 os.rename(conv, tmp)
                 info = safety.inspect(tmp, 'raw', meta.id, self.conf)
+            if root:
+                # Checked on the base itself (its facts go with its inode).
+                os.chmod(tmp, 0o644)
+                facts = grow.base_facts(tmp, self.conf, image=meta.id)
+                self._refuse_unservable(meta, facts['fstype'])
             os.chmod(tmp, 0o644)
             with open(tmp, 'rb') as f:
                 os.fsync(f.fileno())
@@ -234,14 +258,20 @@ class ImageCache(object):
                 raise exception.DiskFull(path=self.base_dir,
                                          action="fetching image %s" % meta.id)
             raise
-        except exception.CommandFailed as e:
-            if 'No space left' in str(e):
+        except exception.ToolOutOfSpace:
+            raise exception.DiskFull(path=self.base_dir,
+                                     action="converting image %s" % meta.id)
+        except (exception.CommandFailed, exception.AttachFailed) as e:
+            # Under a FUSE export a full disk may show as anything.
+            if utils.fs_full(self.base_dir):
                 raise exception.DiskFull(path=self.base_dir,
-                                         action="converting image %s"
+                                         action="checking image %s"
                                          % meta.id)
+            if isinstance(e, exception.AttachFailed):
+                raise
             raise exception.ImageDownloadFailed(image=meta.id, reason=str(e))
         finally:
-            for leftover in (tmp, conv):
+            for leftover in (tmp, conv, head):
                 if os.path.exists(leftover):
                     os.unlink(leftover)
         LOG.info("Fetched image %(id)s (%(fmt)s, %(size)d bytes) into "
@@ -249,6 +279,38 @@ class ImageCache(object):
                  {'id': meta.id, 'fmt': meta.disk_format, 'size': meta.size,
                   'path': path, 't': time.monotonic() - t0})
         return info
+
+    def _check_root_fs(self, meta, src, fmt, info, head):
+        """Refuse a qcow2 AMI holding no servable filesystem, unconverted.
+
+        Its first MiB is converted (in the sandbox, no backing opened) and
+        probed there: a few KiB of qcow2 that would make gigabytes of raw
+        base and then be refused never get that far.
+        """
+        size = min(1024 ** 2, info.virtual_size)
+        spec = {'driver': 'raw', 'offset': 0, 'size': size,
+                'file': {'driver': fmt, 'backing': None,
+                         'file': {'driver': 'file', 'filename': src}}}
+        os.close(os.open(head, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        lim = sandbox.Limits.from_conf(self.conf, timeout=120)
+        with sandbox.Run(meta.id, lim) as r:
+            spec['file']['file']['filename'] = r.file(src)
+            r.execute(['qemu-img', 'convert', '-q', 'json:' + json.dumps(
+                spec), '-O', 'raw', r.file(head, write=True)])
+        os.truncate(head, info.virtual_size)
+        res = sandbox.run(['blkid', '-p', '-o', 'value', '-s', 'TYPE', head],
+                          meta.id, self.conf, files=[head], ok_codes=(0, 2))
+        os.unlink(head)
+        self._refuse_unservable(meta, res.text.strip() or None)
+
+    @staticmethod
+    def _refuse_unservable(meta, fstype):
+        if fstype not in grow.SERVABLE_TYPES:
+            raise exception.InvalidImage(
+                image=meta.id, reason="it holds %s, not a root filesystem "
+                "the AMI boot method serves (%s)" % (
+                    'filesystem %s' % fstype if fstype else 'no filesystem',
+                    ', '.join(grow.SERVABLE_TYPES)))
 
     def _write_verified(self, meta, tmp):
         algo = meta.os_hash_algo if meta.os_hash_value else None
@@ -449,7 +511,7 @@ def backing_file(disk):
     """The backing file of our own qcow2 overlay, or None."""
     try:
         return disk_mod.header_backing(disk)
-    except exception.CommandFailed:
+    except (exception.CommandFailed, OSError, ValueError):
         return None
 
 

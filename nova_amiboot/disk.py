@@ -9,7 +9,7 @@ from oslo_log import log as logging
 from oslo_utils.imageutils import format_inspector
 
 from nova_amiboot import exception
-from nova_amiboot import utils
+from nova_amiboot import sandbox
 
 LOG = logging.getLogger(__name__)
 
@@ -32,24 +32,29 @@ def create(base, path, size, mode='overlay', instance='?', image='?',
             "Instance %s: disk %s exists already" % (instance, path))
     try:
         if mode == 'overlay':
-            # -F raw: the backing format is stated, never probed.
+            # -F raw: the backing format is stated, never probed; -u: the
+            # base is not opened (its size is not needed, ours is given).
             opts = 'backing_file=%s,backing_fmt=raw' % base
             if cluster_size:
                 opts += ',cluster_size=%d' % int(cluster_size)
-            utils.execute('qemu-img', 'create', '-q', '-f', 'qcow2',
-                          '-o', opts, path, str(size))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o644))
+            sandbox.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-u',
+                         '-o', opts, path, str(size)], image,
+                        write=[path], timeout=120)
             record_backing(path, base)
             return 'qcow2'
         # Parity with nova's Flat backend: a full raw copy, then grown.
         shutil.copyfile(base, path)
-        utils.execute('qemu-img', 'resize', '-q', '-f', 'raw', path,
-                      str(size))
+        sandbox.run(['qemu-img', 'resize', '-q', '-f', 'raw', path,
+                     str(size)], image, write=[path], timeout=120,
+                    file_size=size + 1)
         return 'raw'
     except BaseException as e:
         if os.path.exists(path):
             os.unlink(path)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC or \
-                'No space left' in str(e):
+                isinstance(e, exception.ToolOutOfSpace):
             raise exception.DiskFull(path=os.path.dirname(path),
                                      action="creating the disk of %s"
                                      % instance)
@@ -82,12 +87,17 @@ def header_backing(path):
     """The backing file the qcow2 header of ``path`` names, or None.
 
     Only for disks no guest ever ran on: the header is the guest's to
-    rewrite otherwise.
+    rewrite otherwise. Read by qemu-img in the sandbox (it never opens the
+    backing for info); a relative name is taken from the disk's directory.
     """
-    out, _err = utils.execute('qemu-img', 'info', '-U', '-f', 'qcow2',
-                              '--output=json', path)
-    info = json.loads(out)
-    return info.get('full-backing-filename') or info.get('backing-filename')
+    res = sandbox.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
+                       '--output=json', path], path, files=[path],
+                      timeout=60, out_limit=1024 * 1024)
+    name = json.loads(res.out).get('backing-filename')
+    if not name:
+        return None
+    return os.path.normpath(os.path.join(os.path.dirname(
+        os.path.abspath(path)), name))
 
 
 def check_header(path, fmt, instance='?'):
@@ -134,3 +144,13 @@ def backing_node(backing):
 def json_filename(path, fmt, backing=None):
     """``json:`` filename of spec() for qemu-img."""
     return 'json:' + json.dumps(spec(path, fmt, backing))
+
+
+def sandboxed_filename(run, path, fmt, backing=None, write=False):
+    """json_filename() for a tool of sandbox.Run ``run``.
+
+    The sandbox holds only the disk and its stated base, handed over as
+    descriptors: whatever else a header names cannot even be opened.
+    """
+    return json_filename(run.file(path, write=write), fmt,
+                         run.file(backing) if backing else None)

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 
 from oslo_log import log as logging
@@ -41,7 +42,7 @@ from nova_amiboot import exception
 from nova_amiboot import inject
 from nova_amiboot.privileged import e2fs
 from nova_amiboot import safety
-from nova_amiboot import utils
+from nova_amiboot import sandbox
 
 LOG = logging.getLogger(__name__)
 
@@ -168,40 +169,57 @@ def inspect_source(src, image, conf):
     return 'raw', vsize
 
 
-def _range_opts(src, fmt, offset, size):
-    """qemu --image-opts for bytes [offset, offset+size) of ``src``."""
-    # Drivers named explicitly: nothing is probed (CVE-2014-0134).
-    inner = ('file.driver=file,file.filename=%s' % attach._qemu_opt(src)
-             if fmt == 'raw' else
-             'file.driver=qcow2,file.file.driver=file,'
-             'file.file.filename=%s' % attach._qemu_opt(src))
-    return 'driver=raw,offset=%d,size=%d,%s' % (offset, size, inner)
+def _range_spec(src, fmt, offset, size):
+    """qemu ``json:`` filename for bytes [offset, offset+size) of ``src``.
+
+    Drivers named explicitly: nothing is probed (CVE-2014-0134); a qcow2
+    source is opened with no backing at all, whatever its header names
+    (inspect_source refused one that has a backing file).
+    """
+    inner = {'driver': 'file', 'filename': src}
+    if fmt != 'raw':
+        inner = {'driver': 'qcow2', 'file': inner, 'backing': None}
+    return 'json:' + json.dumps({'driver': 'raw', 'offset': offset,
+                                 'size': size, 'file': inner})
 
 
-def copy_range(src, fmt, offset, size, dst):
+def copy_range(src, fmt, offset, size, dst, image=None, conf=None):
     """Copy a byte range of the disk into the raw file ``dst`` (sparse)."""
-    utils.execute('qemu-img', 'convert', '-q', '--image-opts',
-                  _range_opts(src, fmt, offset, size), '-O', 'raw', dst)
+    os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    lim = sandbox.Limits.from_conf(
+        conf, timeout=conf.amiboot.image_convert_timeout,
+        timeout_name='[amiboot] image_convert_timeout') if conf \
+        else sandbox.Limits()
+    with sandbox.Run(image or src, lim) as r:
+        r.execute(['qemu-img', 'convert', '-q',
+                   _range_spec(r.file(src), fmt, offset, size), '-O', 'raw',
+                   r.file(dst, write=True)])
     with open(dst, 'r+b') as f:
         f.truncate(size)
 
 
-def read_partitions(src, fmt, vsize, work, image):
+def read_partitions(src, fmt, vsize, work, image, conf=None):
     """The disk's partitions per sfdisk; [whole disk] if it has none."""
     if fmt == 'raw':
         table_file = src
     else:
         table_file = os.path.join(work, 'table.raw')
-        copy_range(src, fmt, 0, min(TABLE_BYTES, vsize), table_file)
+        copy_range(src, fmt, 0, min(TABLE_BYTES, vsize), table_file, image,
+                   conf)
         with open(table_file, 'r+b') as f:
             f.truncate(vsize)
+    # A partition table at all? (blkid's low-level probe: exit 2 and no
+    # PTTYPE when there is none.) Then sfdisk reads it.
+    pttype = sandbox.run(['blkid', '-p', '-o', 'value', '-s', 'PTTYPE',
+                          table_file], image, files=[table_file],
+                         ok_codes=(0, 2)).text.strip()
+    if not pttype:
+        return [Partition(0, 0, vsize)]
     try:
-        out, _err = utils.execute('sfdisk', '--json', table_file,
-                                  env_variables=_C_LOCALE)
+        out = sandbox.run(['sfdisk', '--json', table_file], image,
+                          files=[table_file]).text
     except exception.CommandFailed as e:
-        if 'does not contain a recognized partition table' in str(e):
-            return [Partition(0, 0, vsize)]
-        _fail(image, "cannot read its partition table: %s" % e)
+        _fail(image, "cannot read its %s partition table: %s" % (pttype, e))
     table = json.loads(out or '{}').get('partitiontable') or {}
     sector = int(table.get('sectorsize', 512))
     parts = []
@@ -232,15 +250,16 @@ def _rank(part):
     return 3
 
 
-def probe(src, fmt, part, work):
+def probe(src, fmt, part, work, conf=None, image=None):
     """Fill in fstype/label/uuid of ``part`` from its first MiB."""
     path = os.path.join(work, 'probe-%d' % part.number)
-    copy_range(src, fmt, part.start, min(PROBE_BYTES, part.size), path)
+    copy_range(src, fmt, part.start, min(PROBE_BYTES, part.size), path,
+               image, conf)
     with open(path, 'r+b') as f:
         f.truncate(part.size)
     try:
-        out, _err = utils.execute('blkid', '-p', '-o', 'export', path,
-                                  check_exit_code=[0, 2])
+        out = sandbox.run(['blkid', '-p', '-o', 'export', path],
+                          image or src, files=[path], ok_codes=(0, 2)).text
     finally:
         os.unlink(path)
     values = dict(line.split('=', 1) for line in out.splitlines()
@@ -283,8 +302,10 @@ class ImageFS(inject.GuestFS):
     before use. ``stat`` output is never parsed.
     """
 
-    def __init__(self, path, image):
-        super().__init__(attach.Target(path, 'file'), instance=image)
+    def __init__(self, path, image, conf=None):
+        lim = sandbox.Limits.from_conf(conf) if conf else sandbox.Limits()
+        super().__init__(attach.Target(path, 'file', image=image,
+                                       limits=lim), instance=image)
         self.image = image
 
     def _fail(self, what, reason):
@@ -364,27 +385,39 @@ class ImageFS(inject.GuestFS):
             self._fail(path, "work path not usable in a debugfs script")
         return path
 
-    def _run(self, lines, write=False, what='files'):
+    def _run(self, lines, write=False, what='files', outdir=None,
+             indirs=()):
         """Run our own debugfs script on our file; return (stdout, errors).
 
         Every line is built in this class from checked names, inode numbers
-        and host paths of our work directory.
+        and host paths of our work directory. In the sandbox: ``outdir``
+        (a private directory the script writes into) and ``indirs`` (that
+        it reads from) are its only host directories.
         """
         for line in lines:
             if not line.isascii() or not line.isprintable() or \
                     len(line) >= _MAX_LINE:
                 self._fail(what, "debugfs line too long or not one line")
-        cmd = ['debugfs'] + (['-w'] if write else []) + \
-            ['-f', '-', self.target.path]
-        script = ''.join(line + '\n' for line in lines).encode('ascii')
         try:
-            out, err = utils.execute(
-                *cmd, process_input=script, binary=True,
-                env_variables=_C_LOCALE, timeout=DEBUGFS_TIMEOUT)
+            with sandbox.Run(self.image, self.target.limits or
+                             sandbox.Limits()) as r:
+                cmd = ['debugfs'] + (['-w'] if write else []) + \
+                    ['-f', '-', r.file(self.target.path, write=write)]
+                dirs = ([(outdir, True)] if outdir else []) + \
+                    [(d, False) for d in indirs]
+                for d, w in dirs:
+                    # Our own script's paths under d: as the sandbox has it.
+                    inside = r.outdir(d, write=w)
+                    lines = [' '.join(sandbox.in_dir(line.split(' '), d,
+                                                     inside))
+                             for line in lines]
+                script = ''.join(line + '\n' for line in lines).encode(
+                    'ascii')
+                res = r.execute(cmd, stdin=script)
         except exception.CommandFailed as e:
             self._fail(what, str(e))
-        out = out.decode('utf-8', 'replace')
-        errors = [line for line in err.decode('utf-8', 'replace').splitlines()
+        out, err = res.text, res.err
+        errors = [line for line in err.splitlines()
                   if line.strip() and not inject._BANNER.fullmatch(
                       line.strip())]
         return out, errors
@@ -409,11 +442,12 @@ class ImageFS(inject.GuestFS):
             out_file = os.path.join(private, 'file')
             _out, errors = self._run(['dump <%d> %s'
                                       % (inode.ino, self._host(out_file))],
-                                     what=path)
+                                     what=path, outdir=private)
             if errors:
                 self._fail(path, '; '.join(errors))
-            got = os.lstat(out_file).st_size \
-                if os.path.isfile(out_file) else -1
+            # Written by the sandboxed debugfs: a link is not a file.
+            st = os.lstat(out_file) if os.path.lexists(out_file) else None
+            got = st.st_size if st and stat.S_ISREG(st.st_mode) else -1
             if got != inode.size:
                 self._fail(path, "read %d bytes of %d" % (got, inode.size))
             os.rename(out_file, dest)
@@ -513,7 +547,7 @@ class ImageFS(inject.GuestFS):
         ino = self._real_dir(path)
         if ino is None:
             return None
-        os.mkdir(dest, 0o700)
+        os.mkdir(dest, 0o755)
         if path == '/':
             result, top = dest, dest
         else:
@@ -560,7 +594,8 @@ class ImageFS(inject.GuestFS):
                          for n in range(i, i + len(batch))]
                 _out, errors = self._run(
                     ['dump <%d> %s' % (f[0], self._host(out_file))
-                     for f, out_file in zip(batch, names)], what=path)
+                     for f, out_file in zip(batch, names)], what=path,
+                    outdir=private)
                 if errors:
                     self._fail(path, '; '.join(errors))
                 for (child, size, mode, rel, name, image_path), out_file in \
@@ -598,23 +633,25 @@ def _place(src, top, rel, name, mode, size, fail):
     try:
         for part in [p for p in rel.split('/') if p]:
             fds.append(os.open(part, nofollow, dir_fd=fds[-1]))
+        # The sandboxed debugfs wrote ``src``: never follow what it left.
         try:
-            got = os.lstat(src).st_size
-        except FileNotFoundError:
+            fds.append(os.open(src, os.O_RDONLY | os.O_NOFOLLOW))
+            st = os.fstat(fds[-1])
+            got = st.st_size if stat.S_ISREG(st.st_mode) else -1
+        except OSError:
             got = -1
         if got != size:
             fail("read %d bytes of %d" % (got, size))
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
                       os.O_NOFOLLOW, 0o644 | (mode & 0o111),
-                      dir_fd=fds[-1])
+                      dir_fd=fds[-2])
         try:
-            with open(src, 'rb') as f:
-                left = size
-                while left:
-                    n = os.copy_file_range(f.fileno(), out, left)
-                    if n == 0:
-                        fail("read %d bytes of %d" % (size - left, size))
-                    left -= n
+            left = size
+            while left:
+                n = os.copy_file_range(fds[-1], out, left)
+                if n == 0:
+                    fail("read %d bytes of %d" % (size - left, size))
+                left -= n
         finally:
             os.close(out)
         os.unlink(src)
@@ -732,13 +769,21 @@ def _merge_boot(root_fs, boot_tree, image):
                    'sif %s mode 0%o' % (name, 0o100000 | mode),
                    'sif %s uid 0' % name, 'sif %s gid 0' % name]
     if files_wanted or len(dirs_wanted) > 1 or found['/boot'] is None:
-        _out, errors = root_fs._run(script, write=True, what='/boot')
+        _out, errors = root_fs._run(script, write=True, what='/boot',
+                                    indirs=[boot_tree])
         if errors:
             _fail(image, "cannot move /boot into the root: %s"
                   % '; '.join(errors))
 
 
-def check_fs(path, image):
+def _fs_tool(cmd, path, image, conf, write=True, ok_codes=(0,)):
+    lim = sandbox.Limits.from_conf(conf) if conf else sandbox.Limits()
+    with sandbox.Run(image, lim) as r:
+        argv = [r.file(c, write=write) if c == path else c for c in cmd]
+        return r.execute(argv, ok_codes=ok_codes).text
+
+
+def check_fs(path, image, conf=None):
     """e2fsck -fy our copy: replays the journal before anything is edited.
 
     debugfs ignores the journal; an edit made before a replay would be
@@ -746,24 +791,26 @@ def check_fs(path, image):
     disk image saved from a running system).
     """
     try:
-        utils.execute('e2fsck', '-fy', path, check_exit_code=[0, 1, 2])
+        _fs_tool(['e2fsck', '-fy', path], path, image, conf,
+                 ok_codes=(0, 1, 2))
     except exception.CommandFailed as e:
         _fail(image, "its root filesystem is damaged beyond repair: %s" % e)
 
 
-def finish_fs(path, label, image):
+def finish_fs(path, label, image, conf=None):
     """Label, shrink, zero free blocks, trim the file to the filesystem."""
     try:
-        utils.execute('e2fsck', '-fy', path, check_exit_code=[0, 1])
+        _fs_tool(['e2fsck', '-fy', path], path, image, conf,
+                 ok_codes=(0, 1))
         if label:
-            utils.execute('tune2fs', '-L', label, path)
-        utils.execute('resize2fs', '-M', path)
+            _fs_tool(['tune2fs', '-L', label, path], path, image, conf)
+        _fs_tool(['resize2fs', '-M', path], path, image, conf)
         # On a regular file e2fsprogs' discard punches holes: free blocks
         # read as zeros afterwards (and take no space).
-        utils.execute('e2fsck', '-fy', '-E', 'discard', path,
-                      check_exit_code=[0, 1])
-        out, _err = utils.execute('dumpe2fs', '-h', path,
-                                  env_variables=_C_LOCALE)
+        _fs_tool(['e2fsck', '-fy', '-E', 'discard', path], path, image,
+                 conf, ok_codes=(0, 1))
+        out = _fs_tool(['dumpe2fs', '-h', path], path, image, conf,
+                       write=False)
     except exception.CommandFailed as e:
         _fail(image, "its root filesystem cannot be checked or shrunk: %s"
               % e)
@@ -788,19 +835,37 @@ def convert(src, image, work, conf, kernel_version=None,
         raise exception.InvalidInput(
             reason="kernel version %r is not a plain version" %
                    kernel_version)
+    # Opened once: every later reader gets this descriptor, so the file
+    # checked is the file read (a path could be swapped in between).
+    try:
+        src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise exception.ImageNotFound(image=image, source="file %s (%s)"
+                                      % (src, e.strerror))
+    try:
+        if not stat.S_ISREG(os.fstat(src_fd).st_mode):
+            raise exception.ImageNotFound(image=image,
+                                          source="file %s" % src)
+        return _convert('/proc/self/fd/%d' % src_fd, image, work, conf,
+                        kernel_version, label, append)
+    finally:
+        os.close(src_fd)
+
+
+def _convert(src, image, work, conf, kernel_version, label, append):
     fmt, vsize = inspect_source(src, image, conf)
-    parts = read_partitions(src, fmt, vsize, work, image)
+    parts = read_partitions(src, fmt, vsize, work, image, conf)
     ranked = sorted((p for p in parts if _rank(p) is not None),
                     key=lambda p: (_rank(p), p.number))
     for p in ranked:
-        probe(src, fmt, p, work)
+        probe(src, fmt, p, work, conf, image)
     refused, root, root_fs, boot_tree = [], None, None, None
     for p in ranked:
         if p.fstype in EXT_TYPES:
             path = os.path.join(work, 'part-%d.img' % p.number)
-            copy_range(src, fmt, p.start, p.size, path)
-            check_fs(path, image)
-            fs = ImageFS(path, image)
+            copy_range(src, fmt, p.start, p.size, path, image, conf)
+            check_fs(path, image, conf)
+            fs = ImageFS(path, image, conf)
             if root is None and is_linux_root(fs):
                 root, root_fs = p, fs
                 continue
@@ -855,7 +920,7 @@ def convert(src, image, work, conf, kernel_version=None,
     fstab = root_fs.read_text('/etc/fstab', work)
     new_fstab, dropped = rewrite_fstab(fstab, label, root.fstype)
     root_fs.write('/etc/fstab', new_fstab.encode(), mode=0o644)
-    size = finish_fs(root_fs.target.path, label, image)
+    size = finish_fs(root_fs.target.path, label, image, conf)
     root_path = os.path.join(work, 'root.img')
     os.rename(root_fs.target.path, root_path)
     cmdline = 'root=LABEL=%s %s' % (label, DEFAULT_CMDLINE)

@@ -24,6 +24,7 @@ import uuid as uuid_mod
 import libvirt
 from oslo_log import log as logging
 
+from nova_amiboot import bootparams
 from nova_amiboot import cache as cache_mod
 from nova_amiboot import domain
 from nova_amiboot import exception
@@ -73,38 +74,6 @@ def flavors(conf):
                 reason="[amiboot] flavors: %r is not NAME:ROOT_GB:MEMORY_MB:"
                        "VCPUS" % item)
     return result
-
-
-def boot_params_from_user_data(user_data, instance='?'):
-    """The ``bootparams=`` lines of user data (the Eucalyptus recipe).
-
-    User data is hostile and may be any bytes, so it is read as bytes and
-    cut at b'\n' only (str.splitlines() would also cut at \v, \f, \x1c..
-    and U+2028). A line counts when it starts with ``bootparams=``; a
-    trailing CR is dropped, and one pair of double or single quotes around
-    the whole value is removed (``bootparams="quiet loglevel=3"``); no
-    other quote or escape processing. The value must be ASCII; its
-    parameters are then split and checked by domain.build_cmdline.
-    """
-    params = []
-    if isinstance(user_data, str):
-        user_data = user_data.encode('utf-8')
-    for line in (user_data or b'').split(b'\n'):
-        if line.endswith(b'\r'):
-            line = line[:-1]
-        if not line.startswith(b'bootparams='):
-            continue
-        value = line[len(b'bootparams='):]
-        if len(value) >= 2 and value[:1] == value[-1:] and \
-                value[:1] in (b'"', b"'"):
-            value = value[1:-1]
-        try:
-            params.append(value.decode('ascii'))
-        except UnicodeDecodeError:
-            raise exception.InvalidBootParameter(
-                instance=instance, param=domain.shown(value),
-                reason="user data bootparams= must be ASCII")
-    return params
 
 
 def free_port():
@@ -419,7 +388,7 @@ class LocalCloud(object):
         if any(i.name == name for i in self.list_instances()):
             raise exception.InstanceExists(name=name)
         meta = self.find_image(image)
-        params = list(boot_params) + boot_params_from_user_data(
+        params = list(boot_params) + bootparams.from_user_data(
             user_data, instance=name)
         # The same check spawn.prepare makes, here before the tap too.
         domain.build_cmdline(
@@ -441,11 +410,8 @@ class LocalCloud(object):
                 flavor=flavor, key=key, hostname=name, user_data=user_data,
                 boot_params=tuple(params), network=net)
             prepared = spawn.prepare(self.conf, self.cache, req,
-                                     virt_type=virt_type)
-            xml = domain.set_owner(prepared.xml, owner, name)
-            with open(os.path.join(prepared.instance_dir, 'libvirt.xml'),
-                      'w') as f:
-                f.write(xml)
+                                     virt_type=virt_type, owner=owner)
+            xml = prepared.xml
             inst = Instance(uuid=inst_uuid, name=name, image_id=meta.id,
                             flavor=dataclasses.asdict(flavor),
                             network=net_record, created=time.time(),
@@ -523,10 +489,9 @@ class LocalCloud(object):
                                    timeout, progress=progress,
                                    owner=self.owner(inst))
             return 'ready'
-        except guest.GuestError as e:
-            if 'stopped before it was ready' in str(e) and \
-                    'reboot: Power down' in guest.read_console(
-                        self.console_log(inst)):
+        except exception.GuestStopped:
+            if 'reboot: Power down' in guest.read_console(
+                    self.console_log(inst)):
                 return 'stopped'
             raise
 

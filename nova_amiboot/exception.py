@@ -31,6 +31,21 @@ class CommandTimeout(CommandFailed):
     msg_fmt = "%(cmd)s did not finish within %(timeout)s seconds; killed."
 
 
+class ToolOutOfSpace(CommandFailed):
+    """A tool failed because a filesystem it wrote to is full."""
+
+
+def command_failed(cmd, code, stderr):
+    """CommandFailed for a tool's failure, ToolOutOfSpace if it says so.
+
+    The tool's own words are the only signal of ENOSPC it gives; they are
+    read here, once, so that callers choose by type.
+    """
+    cls = ToolOutOfSpace if 'No space left on device' in (stderr or '') \
+        else CommandFailed
+    return cls(cmd=cmd, code=code, stderr=stderr)
+
+
 class ToolMissing(AmibootException):
     msg_fmt = ("Required host tool %(tool)s is not installed; install the "
                "package that provides it (see tools/setup-host.sh).")
@@ -202,3 +217,23 @@ class InvalidInterfaceName(InvalidInput):
 class DomainNameTaken(InstanceExists):
     msg_fmt = ("Instance %(name)s: libvirt domain %(domain)s exists already "
                "(%(owner)s); choose another name.")
+
+
+# --- the tool sandbox -------------------------------------------------------
+
+class ToolLimitExceeded(AmibootException):
+    msg_fmt = ("%(tool)s on image %(image)s went over its %(limit)s limit "
+               "(%(value)s) and was stopped.")
+
+
+class SandboxUnavailable(AmibootException):
+    msg_fmt = ("The sandbox for host tools cannot run: %(reason)s "
+               "(see tools/setup-host.sh).")
+
+
+class GuestError(AmibootException):
+    msg_fmt = "Guest %(name)s: %(reason)s"
+
+
+class GuestStopped(GuestError):
+    """The guest stopped before it was ready."""

@@ -30,6 +30,10 @@ from nova_amiboot import utils
 LOG = logging.getLogger(__name__)
 
 EXT_TYPES = ('ext2', 'ext3', 'ext4')
+# Root filesystems an AMI may hold: the pipeline boots them (ext2/3/4 are
+# also grown and written from user space). An AMI base holding anything
+# else is refused when it is fetched.
+SERVABLE_TYPES = EXT_TYPES + ('xfs', 'btrfs')
 # Facts about a cached base's filesystem, kept on the base's own inode: they
 # derive from its content, which never changes once it is in the cache.
 _FACTS_XATTR = 'user.amiboot.fs'
@@ -58,7 +62,7 @@ def fs_type(target):
     return out.strip() or None
 
 
-def base_facts(path, conf):
+def base_facts(path, conf, image=None):
     """{'fstype': ..., 'clean': bool} for a raw base in the cache.
 
     A new instance disk holds the base's filesystem byte for byte, so the
@@ -81,13 +85,24 @@ def base_facts(path, conf):
     try:
         scratch = os.path.join(tmp, 'disk')
         fmt = disk.create(path, scratch, os.path.getsize(path))
-        with attach.attached(scratch, fmt, conf) as target:
+        with attach.attached(scratch, fmt, conf,
+                             image=image or path) as target:
             facts['fstype'] = fs_type(target)
             if facts['fstype'] in EXT_TYPES:
                 try:
+                    # e2fsck -p replays a journal or releases orphans and
+                    # still exits 0: the guest's kernel would do that
+                    # over what we write, so such a base is not clean.
+                    pending = _pending_recovery(target)
                     target.run('e2fsck', ['-fp'])
-                    facts['clean'] = True
+                    facts['clean'] = not pending
                 except exception.CommandFailed as e:
+                    if utils.fs_full(instances):
+                        # Not a fact of the base: its scratch overlay met
+                        # a full instances filesystem.
+                        raise exception.DiskFull(
+                            path=instances, action="checking image %s"
+                            % (image or path))
                     LOG.info("Base %(path)s gets e2fsck on every instance "
                              "disk: %(err)s", {'path': path, 'err': e})
     finally:
@@ -98,6 +113,35 @@ def base_facts(path, conf):
         # No user xattrs on this filesystem: check again next time.
         LOG.debug("Cannot record facts of %s: %s", path, e)
     return facts
+
+
+def _pending_recovery(target):
+    """True if the filesystem has a journal to replay or orphans to free."""
+    out, _err = target.run('dumpe2fs', ['-h'])
+    for line in out.splitlines():
+        key, _sep, value = line.partition(':')
+        if key == 'Filesystem features' and \
+                'needs_recovery' in value.split():
+            return True
+        if key == 'First orphan inode' and \
+                value.strip() not in ('', '0'):
+            return True
+    return False
+
+
+def check(target, instance='?', image='?'):
+    """e2fsck -fp the disk's filesystem: replay its journal, mend or refuse.
+
+    A journal left to replay would be replayed by the guest's kernel at
+    mount, over whatever was written here before.
+    """
+    try:
+        # 0: clean, 1: errors fixed, 2: fixed, reboot advised; 4 and up:
+        # errors left, which nothing must work on.
+        target.run('e2fsck', ['-fp'], ok_codes=(0, 1, 2))
+    except exception.CommandFailed as e:
+        raise exception.FilesystemCorrupt(instance=instance, image=image,
+                                          reason=str(e))
 
 
 def grow(target, instance='?', image='?', fstype=None, checked=False):
@@ -114,13 +158,7 @@ def grow(target, instance='?', image='?', fstype=None, checked=False):
                     {'inst': instance, 'fs': fstype, 'image': image})
         return False
     if not checked:
-        try:
-            # 0: clean, 1: errors fixed, 2: fixed, reboot advised; 4 and
-            # up: errors left, which resize2fs must not work on.
-            target.run('e2fsck', ['-fp'], ok_codes=(0, 1, 2))
-        except exception.CommandFailed as e:
-            raise exception.FilesystemCorrupt(instance=instance, image=image,
-                                              reason=str(e))
+        check(target, instance, image)
     try:
         # -f: resize2fs wants a check newer than the last mount; the check
         # above (or of the identical base) is that check.
@@ -248,7 +286,7 @@ def _build_template(base, tpl, size, facts, conf, instance, image):
     try:
         fmt = disk.create(base, tmp, size, instance=instance, image=image,
                           cluster_size=conf.amiboot.overlay_cluster_size)
-        with attach.attached(tmp, fmt, conf) as target:
+        with attach.attached(tmp, fmt, conf, image=image) as target:
             grow(target, instance=instance, image=image,
                  fstype=facts['fstype'], checked=facts['clean'])
             fs = inject.GuestFS(target, instance=instance)

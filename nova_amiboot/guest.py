@@ -5,6 +5,7 @@ define and start a domain, follow its serial log, and remove it cleanly.
 """
 
 import time
+import unicodedata
 
 import libvirt
 from oslo_log import log as logging
@@ -25,8 +26,7 @@ def _ignore_libvirt_errors(_ctx, _err):
 libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
 
 
-class GuestError(exception.AmibootException):
-    msg_fmt = "Guest %(name)s: %(reason)s"
+GuestError = exception.GuestError
 
 
 class Host(object):
@@ -166,15 +166,49 @@ def wait_for_console(host, name, log_path, done, timeout,
             text = read_console(log_path)
             if done(text):
                 return text
-            raise GuestError(name=name, reason="stopped before it was ready; "
-                             "console ends with:\n%s" % _tail(text))
+            raise exception.GuestStopped(name=name, reason="stopped before "
+                                         "it was ready; "
+                                         "console ends with: %s" % _tail(text))
         if time.monotonic() > deadline:
             raise GuestError(name=name, reason="not ready after %ds; console "
-                             "ends with:\n%s" % (timeout, _tail(text)))
+                             "ends with: %s" % (timeout, _tail(text)))
         if progress:
             progress(time.monotonic() - (deadline - timeout))
         time.sleep(poll)
 
 
-def _tail(text, lines=15):
-    return '\n'.join(text.rstrip().splitlines()[-lines:])
+def _tail(text, lines=8, limit=600):
+    """The last ``lines`` of the console as one escaped, bounded line."""
+    tail = ' | '.join(escape(line) for line in
+                      text.rstrip().splitlines()[-lines:])
+    return tail if len(tail) <= limit else '...' + tail[-limit:]
+
+
+# Control, format (bidi overrides), surrogate, private-use, unassigned.
+_UNPRINTABLE = frozenset({'Cc', 'Cf', 'Cs', 'Co', 'Cn'})
+
+
+def _escape_char(c):
+    o = ord(c)
+    return '\\x%02x' % o if o < 0x100 else '\\u%04x' % o
+
+
+def escape(text, keep='\t'):
+    """``text`` with every control or format character escaped (\\xNN).
+
+    Console text is the guest's: terminal escapes (ESC, CSI, OSC), carriage
+    returns, C1 controls and bidi overrides must not reach the operator's
+    terminal as they are. ``keep``: characters left alone.
+    """
+    return ''.join(
+        c if c in keep or unicodedata.category(c) not in _UNPRINTABLE
+        else _escape_char(c) for c in text)
+
+
+def printable_console(text):
+    """The console for a terminal: lines kept, everything else escaped.
+
+    A serial console ends its lines with CR LF: that pair is a line end; a
+    lone CR (which would let a line overwrite itself) is escaped.
+    """
+    return escape(text.replace('\r\n', '\n'), keep='\t\n')

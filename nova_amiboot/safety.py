@@ -20,12 +20,11 @@ import collections
 import json
 import os
 
-from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils.imageutils import format_inspector
 
 from nova_amiboot import exception
-from nova_amiboot import utils
+from nova_amiboot import sandbox
 
 LOG = logging.getLogger(__name__)
 
@@ -47,21 +46,20 @@ class Inspection(object):
 
 
 def _qemu_img_info(path, fmt, image, conf):
-    limits = processutils.ProcessLimits(
-        cpu_time=conf.amiboot.qemu_img_cpu_seconds,
-        address_space=conf.amiboot.qemu_img_address_space_mb * 1024 * 1024)
+    cpu = conf.amiboot.qemu_img_cpu_seconds
     try:
-        # The CPU limit does not stop a run that waits (on I/O, a lock):
-        # a wall-clock limit does.
-        out, _err = utils.execute('qemu-img', 'info', '-f', fmt,
-                                  '--output=json', path, prlimit=limits,
-                                  env_variables={'LC_ALL': 'C'},
-                                  timeout=2 * conf.amiboot.qemu_img_cpu_seconds
-                                  + 30)
+        # In the sandbox, under its CPU and address-space limits (QEMU's
+        # tools get twice memory_mb); the CPU limit does not stop a run
+        # that waits (on I/O, a lock): a wall-clock limit does.
+        res = sandbox.run(
+            ['qemu-img', 'info', '-f', fmt, '--output=json', path], image,
+            conf, files=[path], cpu=cpu, timeout=2 * cpu + 30,
+            memory_mb=max(32, conf.amiboot.qemu_img_address_space_mb // 2),
+            timeout_name='2 x [amiboot] qemu_img_cpu_seconds + 30')
     except exception.CommandFailed as e:
         raise exception.UnsafeImage(image=image,
                                     reason="qemu-img info failed: %s" % e)
-    return json.loads(out)
+    return json.loads(res.text)
 
 
 def _detect(path, claimed, image):

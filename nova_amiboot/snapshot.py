@@ -23,7 +23,7 @@ from nova_amiboot import embedded
 from nova_amiboot import exception
 from nova_amiboot import inject
 from nova_amiboot import safety
-from nova_amiboot import utils
+from nova_amiboot import sandbox
 
 LOG = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ def remove_injected(fs, base_fs, work):
 
 
 def _label(path):
-    out, _err = utils.execute('dumpe2fs', '-h', path,
-                              env_variables=diskimage._C_LOCALE)
+    out = sandbox.run(['dumpe2fs', '-h', path], path, files=[path]).text
     m = re.search(r'^Filesystem volume name:\s+(\S*)', out, re.M)
     label = m.group(1) if m else ''
     return None if label in ('', '<none>') else label
@@ -111,18 +110,25 @@ def snapshot(cloud, instance, name, keep_injected=False):
         root = os.path.join(work, 'root.img')
         # The guest's QEMU owned the disk and may have rewritten its
         # header: the format is libvirt's, the backing the source AMI's
-        # base (whatever the header names), a data file refused.
+        # base (whatever the header names), a data file refused; in the
+        # sandbox only the disk and that base exist.
         disk_mod.check_header(disk, fmt, inst.name)
-        utils.execute('qemu-img', 'convert', '-q', '-O', 'raw',
-                      disk_mod.json_filename(disk, fmt, base), root)
+        os.close(os.open(root, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        lim = sandbox.Limits.from_conf(
+            cloud.conf, timeout=cloud.conf.amiboot.image_convert_timeout,
+            timeout_name='[amiboot] image_convert_timeout')
+        with sandbox.Run(instance, lim) as r:
+            r.execute(['qemu-img', 'convert', '-q', '-O', 'raw',
+                       disk_mod.sandboxed_filename(r, disk, fmt, base),
+                       r.file(root, write=True)])
         label = instance + ' snapshot'
-        diskimage.check_fs(root, label)
+        diskimage.check_fs(root, label, cloud.conf)
         removed = []
         if not keep_injected:
-            fs = diskimage.ImageFS(root, label)
-            base_fs = diskimage.ImageFS(base, source.name)
+            fs = diskimage.ImageFS(root, label, cloud.conf)
+            base_fs = diskimage.ImageFS(base, source.name, cloud.conf)
             removed = remove_injected(fs, base_fs, work)
-        diskimage.finish_fs(root, _label(root), label)
+        diskimage.finish_fs(root, _label(root), label, cloud.conf)
         safety.inspect(root, 'ami', name, cloud.conf)
         props = dict(source.properties)
         props.update(snapshot_of=inst.name, base_image_ref=source.id)

@@ -78,21 +78,31 @@ class Prepared:
     timings: dict
 
 
-def _private_copy(src, dst):
-    # A copy, as nova makes (its Flat backend), not a hard link: libvirt
-    # chowns the domain's kernel and initrd to the QEMU user while the guest
-    # runs, and through a link that would hand the shared base to every
-    # guest's QEMU to write. The copy is the instance's own.
-    shutil.copyfile(src, dst)
-    os.chmod(dst, 0o644)
-    # The copy names its base, so that the cache still counts the base as
-    # used by this instance (as nova's image cache manager does for an
-    # instance's kernel_id and ramdisk_id).
+def private_copy(src, dst):
+    """The instance's own copy ``dst`` of the cached kernel or ramdisk.
+
+    A copy, as nova makes (its Flat backend), not a hard link: libvirt
+    chowns the domain's kernel and initrd to the QEMU user while the guest
+    runs, and through a link that would hand the shared base to every
+    guest's QEMU to write. Written aside and renamed: whole or absent.
+    The copy names its base, so that the cache still counts the base as
+    used by this instance (as nova's image cache manager does for an
+    instance's kernel_id and ramdisk_id).
+    """
+    tmp = dst + '.part'
     try:
-        os.setxattr(dst, cache_mod.USED_BASE_XATTR,
-                    os.path.basename(src).encode())
-    except OSError as e:
-        LOG.debug("Cannot mark %s as a copy of %s: %s", dst, src, e)
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)
+        try:
+            os.setxattr(tmp, cache_mod.USED_BASE_XATTR,
+                        os.path.basename(src).encode())
+        except OSError as e:
+            LOG.debug("Cannot mark %s as a copy of %s: %s", dst, src, e)
+        os.rename(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def fetch_triplet(cache, image_id, flavor=None, instance='?'):
@@ -147,6 +157,11 @@ def customise(target, req, conf, facts, grown=False, selinux=None,
     wanted = wants(req, conf)
     if not wanted:
         return grown
+    if is_ext and not grown and not facts['clean']:
+        # Not grown, so not checked: a base that e2fsck changes (a journal
+        # to replay, above all) is checked before anything is written, or
+        # the guest's kernel replays the journal over what we wrote.
+        grow.check(target, instance=req.name, image=req.image_id)
     if not is_ext:
         raise exception.InjectionFailed(
             instance=req.name, what=', '.join(wanted),
@@ -170,12 +185,17 @@ def customise(target, req, conf, facts, grown=False, selinux=None,
 BUILDING = '.amiboot-building'
 
 
-def _disk_full(e):
+def _disk_full(e, path=None):
+    """True if ``e`` came from a full filesystem (that of ``path``)."""
     if isinstance(e, OSError):
         return e.errno == errno.ENOSPC
-    return isinstance(e, exception.AmibootException) and \
-        not isinstance(e, exception.DiskFull) and \
-        'No space left on device' in str(e)
+    if isinstance(e, exception.ToolOutOfSpace):
+        return True
+    # A tool that met ENOSPC under a FUSE export may only report an
+    # inconsistency: then the filesystem's free space tells.
+    return path is not None and \
+        isinstance(e, exception.AmibootException) and \
+        not isinstance(e, exception.DiskFull) and utils.fs_full(path)
 
 
 def _claim_instance_dir(idir, req):
@@ -229,16 +249,20 @@ def base_lock(cache, root):
                           external=True, lock_path=cache.lock_path)
 
 
-def make_disk(conf, cache, req, root, facts, path):
+def make_disk(conf, cache, req, root, facts, path, size=None, mode=None):
     """Create the instance disk; return (format, template facts or None).
 
-    A grown template is used for ext2/3/4 overlays that are to be grown;
+    ``size``: bytes (default: the flavor's root disk); ``mode``: overlay or
+    copy (default ``[amiboot] disk_mode``; nova's Qcow2 backend always
+    asks for an overlay). A grown template is used for ext2/3/4 overlays
+    that are to be grown, of a size of whole GiB, in overlay disk mode;
     otherwise (or where the base cannot carry an identity) the disk is a
     plain overlay or copy that customise() grows.
     """
-    size = req.flavor.root_gb * GiB
-    if conf.amiboot.disk_mode == 'overlay' and \
-            conf.amiboot.grow_filesystem and \
+    size = size or req.flavor.root_gb * GiB
+    mode = mode or conf.amiboot.disk_mode
+    if mode == 'overlay' and conf.amiboot.disk_mode == 'overlay' and \
+            size % GiB == 0 and conf.amiboot.grow_filesystem and \
             facts['fstype'] in grow.EXT_TYPES:
         # The base stays while a template of it is built.
         lock = functools.partial(base_lock, cache, root)
@@ -246,14 +270,85 @@ def make_disk(conf, cache, req, root, facts, path):
                                  instance=req.name, image=req.image_id)
         if tfacts is not None:
             return 'qcow2', tfacts
-    fmt = disk_mod.create(root.path, path, size, mode=conf.amiboot.disk_mode,
+    fmt = disk_mod.create(root.path, path, size, mode=mode,
                           instance=req.name, image=req.image_id,
                           cluster_size=conf.amiboot.overlay_cluster_size)
     return fmt, None
 
 
-def prepare(conf, cache, req, virt_type=None, attach_method=None):
-    """Prepare instance ``req`` under the cache's instances dir."""
+def base_facts(conf, cache, req, root):
+    """grow.base_facts() of the AMI's base, checked once under its lock."""
+    facts = grow.known_facts(root.path)
+    if facts is not None:
+        return facts
+    # Once per base: concurrent first spawns wait for one check.
+    with base_lock(cache, root):
+        try:
+            return grow.base_facts(root.path, conf, image=req.image_id)
+        except (OSError, exception.AmibootException) as e:
+            # Its scratch overlay is in the instances path: a full disk
+            # there is met here first.
+            if _disk_full(e, cache.instances_path):
+                raise exception.DiskFull(
+                    path=cache.instances_path,
+                    action="checking image %s for instance %s"
+                    % (req.image_id, req.name)) from e
+            raise
+
+
+@dataclasses.dataclass
+class Disk:
+    path: str
+    format: str
+    grown: bool
+    # Made from the base's grown template.
+    from_template: bool
+
+
+def prepare_disk(conf, cache, req, root, path, size=None, mode=None,
+                 files=None, attach_method=None, timings=None):
+    """Make the instance disk ``path`` of ``req`` over ``root``, ready.
+
+    The one pipeline of both front ends: the base's facts (checked once,
+    under its lock), the disk (a grown template's copy, an overlay or a
+    copy), then, attached only if something is to be done, grow and
+    inject (key, password, hostname, user data and nova's injected
+    ``files``, a list of (path, bytes)); synced. Returns a Disk.
+    ``timings``: a dict that gets the seconds of 'facts', 'disk' and
+    'customise'.
+    """
+    timings = {} if timings is None else timings
+    t = time.monotonic()
+    facts = base_facts(conf, cache, req, root)
+    timings['facts'] = time.monotonic() - t
+    t = time.monotonic()
+    fmt, tfacts = make_disk(conf, cache, req, root, facts, path, size=size,
+                            mode=mode)
+    timings['disk'] = time.monotonic() - t
+    t = time.monotonic()
+    grown = tfacts is not None
+    if tfacts is None or wants(req, conf) or files:
+        with attach.attached(path, fmt, conf, method=attach_method,
+                             backing=root.path, image=req.image_id) as tg:
+            grown = customise(tg, req, conf, facts, grown=grown,
+                              selinux=(tfacts or {}).get('selinux'),
+                              known=(tfacts or {}).get('known'))
+            if files:
+                inject.inject_files(inject.GuestFS(tg, instance=req.name),
+                                    files)
+    # (A template's copy is grown already: nothing to write, no attach.)
+    # Durable before anyone boots from it, whichever way it was reached.
+    utils.fdatasync(path)
+    timings['customise'] = time.monotonic() - t
+    return Disk(path, fmt, grown, tfacts is not None)
+
+
+def prepare(conf, cache, req, virt_type=None, attach_method=None,
+            owner=None):
+    """Prepare instance ``req`` under the cache's instances dir.
+
+    ``owner``: the domain.Owner mark the domain XML carries.
+    """
     timings = {}
     t0 = time.monotonic()
     ami = cache.source.get_meta(req.image_id)
@@ -265,28 +360,13 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None):
     # clean-up running meanwhile must not take them.
     with cache.pinning():
         return _prepare(conf, cache, req, cmdline, virt_type, attach_method,
-                        timings, t0)
+                        timings, t0, owner)
 
 
 def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
-             t0):
+             t0, owner):
     _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id,
                                                 req.flavor, req.name)
-    facts = grow.known_facts(root.path)
-    if facts is None:
-        # Once per base: concurrent first spawns wait for one check.
-        with base_lock(cache, root):
-            try:
-                facts = grow.base_facts(root.path, conf)
-            except (OSError, exception.AmibootException) as e:
-                # Its scratch overlay is in the instances path: a full
-                # disk there is met here first.
-                if _disk_full(e):
-                    raise exception.DiskFull(
-                        path=cache.instances_path,
-                        action="checking image %s for instance %s"
-                        % (req.image_id, req.name)) from e
-                raise
     timings['fetch'] = time.monotonic() - t0
 
     idir = os.path.join(cache.instances_path, req.uuid)
@@ -297,28 +377,15 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
     # while the disk is attached and written (the tools run as other
     # processes), off the critical path.
     pool = futures.ThreadPoolExecutor(thread_name_prefix='amiboot-copy')
-    copies = [pool.submit(_private_copy, kernel.path, kpath),
-              pool.submit(_private_copy, ramdisk.path, rpath)]
+    copies = [pool.submit(private_copy, kernel.path, kpath),
+              pool.submit(private_copy, ramdisk.path, rpath)]
     # No more work for it: its threads end with the copies.
     pool.shutdown(wait=False)
     try:
-        t = time.monotonic()
         disk = os.path.join(idir, 'disk')
-        fmt, tfacts = make_disk(conf, cache, req, root, facts, disk)
-        timings['disk'] = time.monotonic() - t
-        t = time.monotonic()
-        if tfacts is not None and not wants(req, conf):
-            # Grown already, nothing to write: no attach at all.
-            grown = True
-            utils.fdatasync(disk)
-        else:
-            with attach.attached(disk, fmt, conf, method=attach_method,
-                                 backing=root.path) as tg:
-                grown = customise(
-                    tg, req, conf, facts, grown=tfacts is not None,
-                    selinux=(tfacts or {}).get('selinux'),
-                    known=(tfacts or {}).get('known'))
-        timings['customise'] = time.monotonic() - t
+        made = prepare_disk(conf, cache, req, root, disk,
+                            attach_method=attach_method, timings=timings)
+        fmt, grown = made.format, made.grown
         for copy in copies:
             copy.result()
         log = os.path.join(idir, 'console.log')
@@ -331,7 +398,8 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
             backing_file=root.path if fmt == 'qcow2' else None,
             virt_type=virt_type or conf.amiboot.virt_type,
             network=req.network, vnc=conf.amiboot.enable_vnc,
-            metadata={'image': req.image_id, 'flavor': req.flavor.name})
+            metadata={'image': req.image_id, 'flavor': req.flavor.name},
+            owner=owner)
         xml = domain.build_domain_xml(spec)
         # Complete or absent: a killed spawn never leaves half an XML.
         xml_path = os.path.join(idir, 'libvirt.xml')
@@ -344,7 +412,7 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
         # Not removed under a copy still writing into it.
         futures.wait(copies)
         shutil.rmtree(idir, ignore_errors=True)
-        if _disk_full(e):
+        if _disk_full(e, cache.instances_path):
             # Whichever tool met it (qemu-img, the FUSE export under
             # e2fsprogs, our own writes), the cause is the same.
             raise exception.DiskFull(

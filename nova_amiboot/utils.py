@@ -20,6 +20,14 @@ LOG = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 3600
 
 
+def _refuse_untrusted_tool(cmd):
+    # Tools that parse untrusted bytes run only in the sandbox.
+    from nova_amiboot import sandbox
+    if os.path.basename(str(cmd[0])) in sandbox.TOOLS:
+        raise exception.AmibootException(
+            "%s must run through nova_amiboot.sandbox" % cmd[0])
+
+
 def execute(*cmd, **kwargs):
     """Run a host command through processutils; raise CommandFailed.
 
@@ -28,6 +36,7 @@ def execute(*cmd, **kwargs):
     default DEFAULT_TIMEOUT) bounds the run: the command is killed and
     CommandTimeout raised when it is over.
     """
+    _refuse_untrusted_tool(cmd)
     if shutil.which(cmd[0]) is None and not cmd[0].startswith('/'):
         raise exception.ToolMissing(tool=cmd[0])
     timeout = kwargs.pop('timeout', None) or DEFAULT_TIMEOUT
@@ -47,7 +56,7 @@ def execute(*cmd, **kwargs):
         return processutils.execute(*cmd, timeout=timeout,
                                     on_execute=_started, **kwargs)
     except processutils.ProcessExecutionError as e:
-        raise exception.CommandFailed(
+        raise exception.command_failed(
             cmd=name, code=e.exit_code,
             stderr=one_line(e.stderr or e.stdout or ''))
     except subprocess.TimeoutExpired:
@@ -68,6 +77,7 @@ def execute_quick(*cmd, timeout=None):
     gives the child the default SIGPIPE that processutils' preexec_fn
     exists for. Same errors as execute(); returns (stdout, stderr) text.
     """
+    _refuse_untrusted_tool(cmd)
     if shutil.which(cmd[0]) is None and not cmd[0].startswith('/'):
         raise exception.ToolMissing(tool=cmd[0])
     timeout = timeout or DEFAULT_TIMEOUT
@@ -84,8 +94,8 @@ def execute_quick(*cmd, timeout=None):
     out = proc.stdout.decode('utf-8', 'replace')
     err = proc.stderr.decode('utf-8', 'replace')
     if proc.returncode:
-        raise exception.CommandFailed(cmd=name, code=proc.returncode,
-                                      stderr=one_line(err or out))
+        raise exception.command_failed(cmd=name, code=proc.returncode,
+                                       stderr=one_line(err or out))
     return out, err
 
 
@@ -183,6 +193,24 @@ def reap_stale_tempdirs(prefix, release=None, dir=None):
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
+
+
+# Less free space than this on a filesystem counts as full: a write of a
+# qcow2 cluster or a journal would fail there.
+FULL_MARGIN = 4 * 1024 * 1024
+
+
+def fs_full(path):
+    """True if the filesystem holding ``path`` has (almost) no room left.
+
+    A tool writing through a FUSE export that meets ENOSPC often says only
+    that its filesystem is inconsistent: the free space is the fact.
+    """
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < FULL_MARGIN
 
 
 def fdatasync(path):

@@ -158,7 +158,25 @@ start_libvirt() {
     exit 1
 }
 
+# Tools that read untrusted bytes run sandboxed as this user (nova_amiboot.
+# sandbox, [amiboot] tool_user): neither root nor the QEMU user.
+tool_user() {
+    local user=${AMIBOOT_TOOL_USER:-amiboot-tool}
+    if ! getent passwd "$user" >/dev/null; then
+        log "creating system user $user (sandboxed host tools)"
+        useradd --system --user-group --no-create-home \
+            --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
+    fi
+    # qemu-storage-daemon mounts its FUSE export inside the sandbox as that
+    # user. fuse3's udev rule makes /dev/fuse 0666; without udev
+    # (containers) it can stay root-only: do what udev would do.
+    if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != 666 ]; then
+        chmod 0666 /dev/fuse
+    fi
+}
+
 install_packages
+tool_user
 # tools/cloud needs the host (packages, libvirtd) but not the test venv.
 if [ "${AMIBOOT_SETUP_VENV:-yes}" = yes ]; then
     make_venv

@@ -601,14 +601,20 @@ class Console(Command):
         p.add_argument('name', help='instance name or UUID')
         p.add_argument('--follow', action='store_true',
                        help='keep printing until the guest stops')
+        p.add_argument('--raw', action='store_true',
+                       help="the guest's bytes as they are (terminal "
+                            "escapes included); by default control "
+                            "characters are escaped")
         return p
 
     def take_action(self, a):
         cloud = self.cloud
         inst = cloud.get(a.name)
         path = cloud.console_log(inst)
+        # The guest wrote it: escape sequences could drive the terminal.
+        show = (lambda t: t) if a.raw else guest.printable_console
         text = guest.read_console(path)
-        sys.stdout.write(text)
+        sys.stdout.write(show(text))
         sys.stdout.flush()
         if a.follow:
             seen = len(text.encode('utf-8', 'replace'))
@@ -618,7 +624,7 @@ class Console(Command):
                     f.seek(seen)
                     chunk = f.read()
                 seen += len(chunk)
-                sys.stdout.write(chunk.decode('utf-8', 'replace'))
+                sys.stdout.write(show(chunk.decode('utf-8', 'replace')))
                 sys.stdout.flush()
                 if not chunk and not cloud.is_running(inst):
                     break

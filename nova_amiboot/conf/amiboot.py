@@ -64,14 +64,18 @@ disks with heavy random writes.
 """),
     cfg.StrOpt('attach_method',
                default='auto',
-               choices=[('auto', 'nbd when /dev/nbd0 exists, else fuse'),
-                        ('nbd', 'qemu-nbd on a /dev/nbdN device (root)'),
+               choices=[('auto', 'fuse when /dev/fuse exists, else nbd'),
+                        ('nbd', 'qemu-nbd on a /dev/nbdN device (qemu-nbd '
+                         'runs as root)'),
                         ('fuse', 'qemu-storage-daemon FUSE export of the '
-                         'disk as a regular file (no kernel block device)')],
+                         'disk as a regular file, inside the sandbox of '
+                         'the tools (no kernel block device, no root)')],
                help="""
 How the instance disk is reached while its filesystem is grown and files are
-injected. Either way the filesystem is edited from user space (e2fsprogs);
-it is not mounted in the host kernel.
+injected. Either way the filesystem is edited from user space (e2fsprogs, in
+the sandbox); it is not mounted in the host kernel. With fuse nothing that
+parses the disk runs as root; with nbd, qemu-nbd does (on files the
+privileged side opened and checked).
 """),
     cfg.BoolOpt('grow_filesystem',
                 default=True,
@@ -86,9 +90,36 @@ Seconds to wait for qemu-nbd or qemu-storage-daemon to expose the disk.
     cfg.IntOpt('fs_tool_timeout',
                default=600, min=1,
                help="""
-Seconds each e2fsprogs run (e2fsck, resize2fs, debugfs, blkid) may take on an
-instance disk before it is killed and the spawn fails. The filesystem comes
-from an untrusted image; a crafted one must not hang a spawn.
+Seconds of wall-clock time each run of a filesystem tool (e2fsck, resize2fs,
+debugfs, dumpe2fs, tune2fs, blkid, sfdisk, modinfo) may take on untrusted
+bytes (an image or an instance disk) before its sandbox is killed and the
+spawn fails; it is also the tool's CPU-time limit. A crafted filesystem must
+not hold the base lock and a CPU for long.
+"""),
+    cfg.IntOpt('image_convert_timeout',
+               default=3600, min=1,
+               help="""
+Seconds of wall-clock time a ``qemu-img convert``, ``create`` or ``resize``
+of an image may take (converting a large qcow2 image takes a while).
+"""),
+    cfg.IntOpt('tool_memory_mb',
+               default=512, min=64,
+               help="""
+Address-space limit, in MiB, of each host tool that reads untrusted bytes
+(e2fsprogs, blkid, sfdisk, modinfo, decompressors); QEMU's tools
+(qemu-img, qemu-storage-daemon) get twice this, their threads reserve address
+space they never touch. A tool over it fails and the spawn fails with an
+error naming the image and this limit. 512 MiB is ample for AMI-sized
+filesystems; a crafted directory index can make e2fsck allocate gigabytes.
+"""),
+    cfg.StrOpt('tool_user',
+               default='amiboot-tool',
+               help="""
+The unprivileged system user that host tools reading untrusted bytes run as,
+inside a bubblewrap sandbox, when the calling service runs as root (when it
+does not, the tools run as the service's own user). Neither root nor the QEMU
+user: a tool compromised by a crafted image must not reach host files or
+running guests. tools/setup-host.sh and the devstack plugin create it.
 """),
 ]
 

@@ -16,8 +16,11 @@ nbd_pctxt = priv_context.PrivContext(
     cfg_section='nova_amiboot_privileged',
     pypath=__name__ + '.nbd_pctxt',
     # SYS_ADMIN for the nbd ioctls; DAC_OVERRIDE to open /dev/nbdN (root
-    # owned) for e2fsprogs.
-    capabilities=[caps.CAP_SYS_ADMIN, caps.CAP_DAC_OVERRIDE],
+    # owned); CHOWN and FOWNER to hand the device to the sandboxed tool
+    # user for one run; SETUID and SETGID to become that user (setpriv).
+    capabilities=[caps.CAP_SYS_ADMIN, caps.CAP_DAC_OVERRIDE,
+                  caps.CAP_CHOWN, caps.CAP_FOWNER, caps.CAP_SETUID,
+                  caps.CAP_SETGID],
 )
 
 net_pctxt = priv_context.PrivContext(

@@ -21,15 +21,18 @@ checks apply on both, and the root side applies them itself.
   from the caller.
 - Output is bounded: the run is stopped when stdout passes ``out_limit``
   (a guest file can be as large as ext4 allows), and the caller is told.
+- Every tool runs in nova_amiboot.sandbox: as an unprivileged user, in
+  namespaces holding only the target (a descriptor root opened; the
+  debugfs data as memory files), under memory, CPU, file size and
+  wall-clock limits. Root never runs a parser on the guest's bytes.
 """
 
 import os
 import re
-import selectors
 import shutil
-import subprocess
-import tempfile
-import time
+
+from nova_amiboot import exception
+from nova_amiboot import sandbox
 
 MiB = 1024 * 1024
 
@@ -42,13 +45,12 @@ MAX_WRITE = 16 * MiB
 MAX_OUT = 64 * MiB
 DEFAULT_OUT = 4 * MiB
 MAX_ERR = 1 * MiB
-# Every tool runs under a time limit, generous for a large resize.
-TIMEOUTS = {'blkid': 120, 'debugfs': 600, 'dumpe2fs': 120,
-            'e2fsck': 3600, 'resize2fs': 3600}
 
 NAME = re.compile(r'[A-Za-z0-9._@+:][A-Za-z0-9._@+:-]{0,254}')
 _SIZE = re.compile(r'[1-9][0-9]{0,15}[KMGs]?')
 _STAGE = re.compile(r'/[A-Za-z0-9_/.-]{1,512}')
+# Tools that write to the target with these options.
+_WRITES = {('e2fsck', '-fp'), ('resize2fs', '-f'), ('debugfs', '-w')}
 
 # tool -> the option lists it may get, exactly.
 OPTIONS = {
@@ -133,14 +135,16 @@ def _arg(kind, value, data_file):
 def build_script(requests, stage):
     """The debugfs script (bytes) for ``requests``; data files in ``stage``.
 
-    ``stage`` is a directory private to the side that runs debugfs.
+    ``stage`` is a directory private to the side that runs debugfs, or
+    a function that keeps the data and returns the path debugfs reads it
+    from.
     """
     if not isinstance(requests, (list, tuple)) or not requests:
         raise RequestRefused("debugfs requests must be a non-empty list")
     if len(requests) > MAX_REQUESTS:
         raise RequestRefused("too many debugfs requests (%d)"
                              % len(requests))
-    if not _STAGE.fullmatch(stage):
+    if not callable(stage) and not _STAGE.fullmatch(stage):
         raise RequestRefused("unexpected staging directory %r" % stage)
     written = [0]
 
@@ -151,6 +155,11 @@ def build_script(requests, stage):
         written[0] += len(data)
         if written[0] > MAX_WRITE_TOTAL:
             raise RequestRefused("too much data in one debugfs run")
+        if callable(stage):
+            path = stage(data)
+            if not _STAGE.fullmatch(path):
+                raise RequestRefused("unexpected staging path %r" % path)
+            return path
         path = os.path.join(stage, str(len(os.listdir(stage))))
         with open(path, 'xb') as f:
             f.write(data)
@@ -224,13 +233,16 @@ class Failed(Exception):
 
 
 def run(tool, options, target, requests=None, ok_codes=(0,), size=None,
-        out_limit=DEFAULT_OUT):
+        out_limit=DEFAULT_OUT, limits=None, image=None, session=None):
     """Run ``tool`` on ``target``; return (stdout bytes, stderr, truncated).
 
     ``truncated``: stdout passed ``out_limit`` bytes, the tool was stopped
     and stdout holds its first ``out_limit`` bytes. Raises RequestRefused
     for anything outside the grammar, Failed for an exit code not in
-    ``ok_codes`` (or a timeout).
+    ``ok_codes``; the sandbox's ToolLimitExceeded when a limit stopped it.
+    ``limits``: a dict of sandbox.Limits values (default: its defaults).
+    ``session``: a sandbox.Session serving the disk (the FUSE route);
+    ``target`` is then ignored.
     """
     cmd = argv(tool, options, target, size)
     codes = _check_codes(ok_codes)
@@ -240,81 +252,42 @@ def run(tool, options, target, requests=None, ok_codes=(0,), size=None,
         raise RequestRefused("requests go with debugfs only")
     if shutil.which(tool) is None:
         raise FileNotFoundError("%s is not installed" % tool)
-    stage = None
-    try:
-        script = None
-        if tool == 'debugfs':
-            stage = tempfile.mkdtemp(prefix='amiboot-e2fs-')
-            script = build_script(requests, stage)
-        out, err, code, truncated = _bounded(cmd, script, out_limit,
-                                             TIMEOUTS[tool])
-    finally:
-        if stage:
-            shutil.rmtree(stage, ignore_errors=True)
-    err = err.decode('utf-8', 'replace')
-    if not truncated and code not in codes:
-        raise Failed(tool, code, err)
-    return out, err, truncated
+    lim = sandbox.limits(limits)
+    image = image or target
+    write = any((tool, o) in _WRITES for o in options)
+    memfds = []
 
+    def stage(data):
+        fd = os.memfd_create('amiboot-data', os.MFD_CLOEXEC)
+        memfds.append(fd)
+        os.write(fd, data) if data else None
+        os.lseek(fd, 0, os.SEEK_SET)
+        return '/proc/self/fd/%d' % fd
 
-def _bounded(cmd, stdin, out_limit, timeout):
-    """Run ``cmd`` reading at most ``out_limit`` bytes of stdout."""
-    # C locale: debugfs prints only ASCII (isprint) in its dumps.
-    env = {'PATH': os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin'),
-           'LC_ALL': 'C', 'PAGER': '__none__', 'DEBUGFS_PAGER': '__none__'}
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, close_fds=True)
-    out, err = bytearray(), bytearray()
-    pending = memoryview(stdin or b'')
-    truncated = False
-    deadline = time.monotonic() + timeout
-    sel = selectors.DefaultSelector()
     try:
-        if pending:
-            os.set_blocking(proc.stdin.fileno(), False)
-            sel.register(proc.stdin, selectors.EVENT_WRITE)
+        script = build_script(requests, stage) if tool == 'debugfs' \
+            else None
+        if session is not None:
+            cmd[-1 if size is None else -2] = sandbox.MOUNT
+            res = session.execute(cmd, stdin=script, out_limit=out_limit,
+                                  ok_codes=range(256), pass_fds=memfds)
         else:
-            proc.stdin.close()
-        sel.register(proc.stdout, selectors.EVENT_READ, out)
-        sel.register(proc.stderr, selectors.EVENT_READ, err)
-        while sel.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                proc.kill()
-                proc.wait()
-                raise Failed(cmd[0], None, "timed out after %ds" % timeout)
-            for key, _ev in sel.select(min(left, 5)):
-                if key.fileobj is proc.stdin:
-                    try:
-                        n = os.write(key.fd, pending[:65536])
-                    except BrokenPipeError:
-                        n = len(pending)
-                    pending = pending[n:]
-                    if not pending:
-                        sel.unregister(proc.stdin)
-                        proc.stdin.close()
-                    continue
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    sel.unregister(key.fileobj)
-                    continue
-                buf = key.data
-                room = (out_limit if buf is out else MAX_ERR) - len(buf)
-                buf += chunk[:max(0, room)]
-                if buf is out and len(chunk) > room:
-                    truncated = True
-            if truncated:
-                # Stop it: the rest of a huge guest file is never read.
-                proc.kill()
-                break
-        code = proc.wait()
+            with sandbox.Run(image, lim) as r:
+                cmd[-1 if size is None else -2] = r.file(target,
+                                                         write=write)
+                for fd in memfds:
+                    r.fd(fd)
+                res = r.execute(cmd, stdin=script, out_limit=out_limit,
+                                ok_codes=range(256))
+    except exception.CommandFailed as e:
+        # Killed by a signal (the sandbox) or a failure of the sandbox.
+        raise Failed(tool, e.kwargs.get('code'), e.kwargs.get('stderr', ''))
+    except OSError as e:
+        # The target could not be opened to hand it over.
+        raise Failed(tool, None, "%s: %s" % (target, e.strerror))
     finally:
-        sel.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for f in (proc.stdin, proc.stdout, proc.stderr):
-            if f and not f.closed:
-                f.close()
-    return bytes(out), bytes(err), code, truncated
+        for fd in memfds:
+            os.close(fd)
+    if not res.truncated and res.code not in codes:
+        raise Failed(tool, res.code, res.err)
+    return res.out, res.err, res.truncated

@@ -23,8 +23,10 @@ import time
 
 from oslo_concurrency import processutils
 
+from nova_amiboot import exception
 import nova_amiboot.privileged
 from nova_amiboot.privileged import e2fs
+from nova_amiboot import sandbox
 
 _DEVICE = re.compile(r'/dev/nbd[0-9]{1,4}')
 # Nova's and amiboot's instance directories are named by uuid; the base
@@ -33,8 +35,18 @@ _DEVICE = re.compile(r'/dev/nbd[0-9]{1,4}')
 _INSTANCE_DIR = re.compile(
     r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
     r'|amiboot-check-[a-z0-9_]{1,64}')
-# Bases are named by the sha1 of the image id (as nova names them).
-_BASE_NAME = re.compile(r'[0-9a-f]{40}')
+# Bases are named by the sha1 of the image id (as nova names them); a base
+# being fetched is checked (grow.base_facts) under its temporary name.
+_BASE_NAME = re.compile(r'[0-9a-f]{40}(?:\.part-[0-9]{1,10})?')
+# The base directory: nova's [image_cache] subdirectory_name (default
+# _base), directly under the instances path, a plain name.
+_BASE_DIR = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}')
+# The recorded base of an overlay (nova_amiboot.disk.record_backing): a
+# trusted xattr, which only root can write.
+_BACKING_XATTR = 'trusted.amiboot.backing'
+# Devices this process connected: only those are disconnected or handed
+# to a tool.
+_CONNECTED = set()
 _DISK_NAME = 'disk'
 
 # For the amiboot command only, which runs these functions in its own
@@ -115,34 +127,45 @@ def _check_disk(path):
 
 
 def _check_base(path):
-    if not isinstance(path, str) or len(path) > 4096:
+    if not isinstance(path, str) or len(path) > 4096 or '\0' in path:
         raise ValueError("not a base path: %.80r" % (path,))
-    base_dir = os.path.join(_instances_path(), '_base')
+    instances = _instances_path()
     parent, name = os.path.split(path)
-    if (os.path.normpath(path) != path or parent != base_dir
+    top, base_dir = os.path.split(parent)
+    if (os.path.normpath(path) != path or top != instances
+            or not _BASE_DIR.fullmatch(base_dir) or base_dir in ('.', '..')
             or not _BASE_NAME.fullmatch(name)):
-        raise ValueError("backing file %.200r is not a base in %s"
-                         % (path, base_dir))
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise ValueError("backing file %s is not a regular file" % path)
-    return fd
+        raise ValueError("backing file %.200r is not a base of %s"
+                         % (path, instances))
+    # No link anywhere on the way, a regular file with one link.
+    return _open_nofollow(path)
+
+
+def _recorded_backing(fd):
+    try:
+        return os.fsdecode(os.getxattr(fd, _BACKING_XATTR))
+    except OSError:
+        return None
+
+
+def _check_connected(device):
+    _check_device(device)
+    if device not in _CONNECTED:
+        raise ValueError("%s was not connected by this process" % device)
 
 
 def _info(fd, fmt):
-    # The header as qemu-img reads it from the file opened here, under
-    # limits (a hostile header can make qemu-img work hard).
-    p = subprocess.run(
-        ['prlimit', '--cpu=30', '--as=%d' % 1024 ** 3, 'qemu-img', 'info',
-         '-f', fmt, '--output=json', '/proc/self/fd/%d' % fd],
-        pass_fds=[fd], capture_output=True, timeout=60,
-        env={'LC_ALL': 'C', 'PATH': os.environ.get('PATH', '/usr/bin')})
-    if p.returncode:
-        raise ValueError("qemu-img info failed: %s"
-                         % p.stderr.decode('utf-8', 'replace')[:500])
-    return json.loads(p.stdout)
+    # The header as qemu-img reads it from the file opened here, in the
+    # sandbox (as the tool user, never root) under limits: a hostile
+    # header can make qemu-img work hard.
+    try:
+        with sandbox.Run('instance disk', sandbox.Limits(
+                timeout=60, cpu=30, memory_mb=512)) as r:
+            res = r.execute(['qemu-img', 'info', '-f', fmt,
+                             '--output=json', r.fd(fd)])
+    except exception.AmibootException as e:
+        raise ValueError("qemu-img info failed: %s" % e)
+    return json.loads(res.out)
 
 
 def image_opts(disk_fd, fmt, backing_fd=None):
@@ -226,7 +249,11 @@ def connect(device, path, fmt):
             if info.get('format-specific', {}).get('data', {}).get(
                     'data-file'):
                 raise ValueError("%s has an external data file" % path)
-            backing = info.get('backing-filename')
+            # The base recorded when the overlay was made, where there is
+            # one (the header is the guest's QEMU's to rewrite), else the
+            # header's, which must still be a base of this host.
+            backing = _recorded_backing(fds[0]) or \
+                info.get('backing-filename')
             if backing:
                 # Relative to the disk's directory, as QEMU reads it.
                 backing = os.path.normpath(os.path.join(
@@ -239,6 +266,7 @@ def connect(device, path, fmt):
         try:
             _qemu_nbd_connect(device, image_opts(fds[0], fmt, backing_fd),
                               fds)
+            _CONNECTED.add(device)
         except subprocess.CalledProcessError as e:
             raise processutils.ProcessExecutionError(
                 exit_code=e.returncode, cmd='qemu-nbd -c',
@@ -250,23 +278,32 @@ def connect(device, path, fmt):
 
 @nova_amiboot.privileged.nbd_pctxt.entrypoint
 def disconnect(device):
-    _check_device(device)
+    _check_connected(device)
     processutils.execute('qemu-nbd', '-d', device)
+    _CONNECTED.discard(device)
 
 
 @nova_amiboot.privileged.nbd_pctxt.entrypoint
 def run_e2fs(tool, device, options, requests=None, ok_codes=(0,),
-             size=None, out_limit=e2fs.DEFAULT_OUT):
+             size=None, out_limit=e2fs.DEFAULT_OUT, limits=None):
     """Run an e2fsprogs tool on an nbd device.
 
     Returns (stdout bytes, stderr, truncated); see e2fs.run. Options come
     from e2fs.OPTIONS; debugfs gets its script built here from
     ``requests``.
     """
-    _check_device(device)
+    # The grammar first (RequestRefused), then the device: only one this
+    # process connected (to an instance disk it checked) is handed over.
+    e2fs.argv(tool, options, device, size)
+    if requests is not None:
+        e2fs.build_script(requests, lambda data: '/dev/null')
+    _check_connected(device)
     try:
+        # In the sandbox, as the tool user: the device is opened here and
+        # handed over as a descriptor (e2fs.run).
         return e2fs.run(tool, options, device, requests=requests,
-                        ok_codes=ok_codes, size=size, out_limit=out_limit)
+                        ok_codes=ok_codes, size=size, out_limit=out_limit,
+                        limits=limits)
     except e2fs.Failed as e:
         raise processutils.ProcessExecutionError(
             exit_code=e.code, cmd=tool, stderr=e.stderr)

@@ -18,7 +18,6 @@ import base64
 import binascii
 import json
 import os
-import shutil
 
 from nova import exception as nova_exception
 from nova import objects
@@ -27,29 +26,28 @@ from nova.virt.libvirt import utils as libvirt_utils
 from lxml import etree
 from oslo_log import log as logging
 
+from nova_amiboot import bootparams
 from nova_amiboot.conf import CONF
 from nova_amiboot import domain
-from nova_amiboot import embedded
 from nova_amiboot import exception
-from nova_amiboot import utils
+from nova_amiboot import sandbox
+from nova_amiboot import spawn
 from nova_amiboot.virt import errors
 from nova_amiboot.virt import imagebackend
 
 LOG = logging.getLogger(__name__)
 
-METADATA_KEY = 'amiboot_boot_params'
+METADATA_KEY = bootparams.METADATA_KEY
 
 
 def boot_params(instance):
-    params = []
-    if instance.metadata and instance.metadata.get(METADATA_KEY):
-        params.append(instance.metadata[METADATA_KEY])
+    params = bootparams.from_metadata(instance.metadata)
     if instance.user_data:
         try:
             user_data = base64.b64decode(instance.user_data)
         except (binascii.Error, ValueError):
             user_data = b''
-        params.extend(embedded.boot_params_from_user_data(
+        params.extend(bootparams.from_user_data(
             user_data, instance=instance.uuid))
     return params
 
@@ -72,14 +70,19 @@ def _shared_base(disk_path, base_dir):
     then ends at it, which is what the empty <backingStore/> states.
     """
     try:
-        out, _err = utils.execute('qemu-img', 'info', '-U', '-f', 'qcow2',
-                                  '--output=json', disk_path)
+        # A disk the guest's QEMU can write: read in the sandbox.
+        out = sandbox.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
+                           '--output=json', disk_path], disk_path,
+                          files=[disk_path], timeout=60).text
         info = json.loads(out)
     except (exception.AmibootException, ValueError) as e:
         LOG.warning("Cannot read the backing file of %(disk)s: %(err)s",
                     {'disk': disk_path, 'err': e})
         return None
-    backing = info.get('full-backing-filename')
+    # Read through a descriptor: a relative name is relative to the disk.
+    backing = info.get('backing-filename')
+    if backing and not os.path.isabs(backing):
+        backing = os.path.join(os.path.dirname(disk_path), backing)
     if not backing or info.get('backing-filename-format') != 'raw':
         return None
     if (os.path.islink(backing)
@@ -261,9 +264,7 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
                 base = cache.fetch(image_id, fmt)
                 path = os.path.join(inst_dir, name + suffix)
                 if not os.path.exists(path):
-                    tmp = path + '.part'
-                    shutil.copyfile(base.path, tmp)
-                    os.rename(tmp, path)
+                    spawn.private_copy(base.path, path)
 
     def _create_image(self, context, instance, disk_mapping,
                       injection_info=None, suffix='', disk_images=None,

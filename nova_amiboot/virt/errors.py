@@ -86,6 +86,17 @@ NOVA_EXCEPTION = {
     # cause, and another host would only run into it again.
     exception.CommandTimeout: _image_unacceptable,
     exception.InsufficientSpace: _host_problem,
+    # A tool on the image's bytes went over a sandbox limit: the image's
+    # doing, and another host would only run into it again.
+    exception.ToolLimitExceeded: _image_unacceptable,
+    # The host cannot sandbox its tools (no bwrap, no tool user): the
+    # scheduler may try another host.
+    exception.SandboxUnavailable: _host_problem,
+    # A full filesystem on this host, met by a tool.
+    exception.ToolOutOfSpace: _host_problem,
+    # The amiboot command's guests.
+    exception.GuestError: _generic,
+    exception.GuestStopped: _generic,
     # A request outside the e2fsprogs grammar carries a user's path (an
     # injected file's name).
     exception.E2fsRequestRefused: _invalid_input,

@@ -34,7 +34,7 @@ from nova_amiboot import cache as cache_mod
 from nova_amiboot.conf import CONF
 from nova_amiboot import disk as disk_mod
 from nova_amiboot import grow
-from nova_amiboot import inject
+from nova_amiboot import sandbox
 from nova_amiboot import spawn
 from nova_amiboot import utils
 from nova_amiboot.virt import errors
@@ -78,8 +78,10 @@ def image_cache(context, trusted_certs=None):
 
 
 def virtual_size(path):
-    out, _err = utils.execute('qemu-img', 'info', '-U', '-f', 'qcow2',
-                              '--output=json', path)
+    # A disk the guest's QEMU can write: read in the sandbox.
+    out = sandbox.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
+                       '--output=json', path], path, files=[path],
+                      timeout=60).text
     return json.loads(out)['virtual-size']
 
 
@@ -164,11 +166,6 @@ class AmibootQcow2(imagebackend.Qcow2):
             flavor=spawn.Flavor(inst.flavor.name, size // GiB,
                                 inst.flavor.memory_mb, inst.flavor.vcpus),
             key=inst.key_data, hostname=inst.hostname, password=password)
-        facts = grow.known_facts(root.path)
-        if facts is None:
-            # Once per base: concurrent first spawns wait for one check.
-            with spawn.base_lock(cache, root):
-                facts = grow.base_facts(root.path, CONF)
         # Made whole in a scratch dir, then renamed into place: nova's
         # Image.cache() takes any disk that exists as done, so a spawn
         # killed midway must not leave half a disk at self.path. The
@@ -180,44 +177,19 @@ class AmibootQcow2(imagebackend.Qcow2):
                                       dir=CONF.instances_path)
         tmp = os.path.join(scratch, 'disk')
         try:
-            fmt, tfacts = self._make_disk(cache, req, root, facts, size, tmp)
-            # A template's copy is grown already: with nothing to write,
-            # no attach at all.
-            if tfacts is None or spawn.wants(req, CONF) or files:
-                with attach.attached(tmp, fmt, CONF,
-                                     backing=root.path) as target:
-                    spawn.customise(target, req, CONF, facts,
-                                    grown=tfacts is not None,
-                                    selinux=(tfacts or {}).get('selinux'),
-                                    known=(tfacts or {}).get('known'))
-                    if files:
-                        inject.inject_files(
-                            inject.GuestFS(target, instance=inst.uuid),
-                            files)
-            utils.fdatasync(tmp)
+            # nova's Qcow2 backend needs a qcow2 overlay over the raw base
+            # whatever [amiboot] disk_mode says (that is the amiboot
+            # command's).
+            made = spawn.prepare_disk(CONF, cache, req, root, tmp,
+                                      size=size, mode='overlay', files=files)
             os.rename(tmp, self.path)
             utils.fsync_dir(os.path.dirname(self.path))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         LOG.info("AMI disk of %(uuid)s prepared over %(base)s%(tpl)s",
                  {'uuid': inst.uuid, 'base': root.path,
-                  'tpl': ' from its grown template' if tfacts is not None
+                  'tpl': ' from its grown template' if made.from_template
                   else ''})
-
-    def _make_disk(self, cache, req, root, facts, size, path):
-        """(format, template facts or None), as spawn.make_disk.
-
-        nova's Qcow2 backend needs a qcow2 overlay over the raw base
-        whatever [amiboot] disk_mode says (that is the amiboot command's),
-        and a grown template is only for a size of whole GiB (a flavor's
-        root disk; without one, the image's own size needs no growth).
-        """
-        if CONF.amiboot.disk_mode == 'overlay' and size % GiB == 0:
-            return spawn.make_disk(CONF, cache, req, root, facts, path)
-        fmt = disk_mod.create(root.path, path, size, mode='overlay',
-                              instance=req.uuid, image=req.image_id,
-                              cluster_size=CONF.amiboot.overlay_cluster_size)
-        return fmt, None
 
     def resize_image(self, size):
         if not (self._is_ami_instance()
@@ -237,13 +209,18 @@ class AmibootQcow2(imagebackend.Qcow2):
             if size <= current:
                 # Every hard reboot comes here: no work.
                 return
-            utils.execute('qemu-img', 'resize', '-q',
-                          disk_mod.json_filename(self.path, 'qcow2', base),
-                          str(size))
+            lim = sandbox.Limits.from_conf(
+                CONF, timeout=CONF.amiboot.image_convert_timeout,
+                timeout_name='[amiboot] image_convert_timeout')
+            with sandbox.Run(inst.image_ref, lim) as r:
+                r.execute(['qemu-img', 'resize', '-q',
+                           disk_mod.sandboxed_filename(
+                               r, self.path, 'qcow2', base, write=True),
+                           str(size)])
             if not CONF.amiboot.grow_filesystem:
                 return
-            with attach.attached(self.path, 'qcow2', CONF,
-                                 backing=base) as target:
+            with attach.attached(self.path, 'qcow2', CONF, backing=base,
+                                 image=inst.image_ref) as target:
                 # The disk has been used: a full e2fsck first.
                 grown = grow.grow(target, instance=inst.uuid,
                                   image=inst.image_ref)

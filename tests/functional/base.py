@@ -1,6 +1,7 @@
 """Shared set-up for tests on real tools: config, store, leak checks."""
 
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -11,6 +12,7 @@ from oslo_config import cfg
 from nova_amiboot import cache as cache_mod
 from nova_amiboot.conf import amiboot as amiboot_conf
 from nova_amiboot import images
+from nova_amiboot import sandbox
 from tests.testbed import build
 
 
@@ -41,6 +43,50 @@ def live_processes(name):
     return pids
 
 
+def _ppid(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return int(f.read().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def tool_processes(mine=True):
+    """PIDs of live processes of the sandbox's tool user (none if absent).
+
+    A sandboxed tool names its files as /proc/self/fd/N: it is found by
+    its user, not by a path in its command line. ``mine``: only those
+    descending from this process (another test run on the host has its
+    own). A sandbox cannot outlive its bwrap (the pid namespace dies with
+    its init), and bwrap is a child of the process that started it.
+    """
+    try:
+        uid = pwd.getpwnam(sandbox.DEFAULT_USER).pw_uid
+    except KeyError:
+        return []
+    me = os.getpid()
+    pids = []
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            st = os.stat('/proc/' + pid)
+            with open('/proc/%s/stat' % pid) as f:
+                state = f.read().rsplit(')', 1)[1].split()[0]
+        except OSError:
+            continue
+        if st.st_uid != uid or state == 'Z':
+            continue
+        if mine:
+            p, seen = int(pid), 0
+            while p > 1 and p != me and seen < 64:
+                p, seen = _ppid(p), seen + 1
+            if p != me:
+                continue
+        pids.append(int(pid))
+    return pids
+
+
 def fuse_exports():
     with open('/proc/self/mountinfo') as f:
         return [line.split()[4] for line in f
@@ -65,6 +111,7 @@ class RealToolsTestCase(unittest.TestCase):
         self._before = {name: set(live_processes(name))
                         for name in ('qemu-storage-daemon', 'qemu-nbd')}
         self._before_exports = set(fuse_exports())
+        self._before_tools = set(tool_processes())
         self.addCleanup(self.assertNothingLeaked)
 
     def add_triplet(self, root=None, root_format='ami', properties=None):
@@ -126,6 +173,9 @@ class RealToolsTestCase(unittest.TestCase):
                               if e not in getattr(self, '_before_exports',
                                                   ())
                               and self._export_ours(e, ours)])
+        self.assertEqual([], [p for p in tool_processes()
+                              if p not in getattr(self, '_before_tools',
+                                                  ())])
         self.assertNoPartials()
 
     def run_cmd(self, *cmd):

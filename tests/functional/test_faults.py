@@ -33,8 +33,9 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 HOOK = os.path.join(TOP, 'tests', 'functional', 'faulthook')
 AMIBOOT = os.path.join(os.path.dirname(sys.executable), 'amiboot')
+# Steps of a fetch (the command's kill test clears the cache for them).
 FETCH_STEPS = ('download', 'inspect', 'run:qemu-img info',
-               'run:qemu-img convert')
+               'run:qemu-img convert', 'fetched')
 TOOLS = ('qemu-storage-daemon', 'qemu-img', 'e2fsck', 'resize2fs',
          'debugfs', 'blkid', 'fusermount3')
 
@@ -146,6 +147,42 @@ class FaultTestCase(base.RealToolsTestCase):
         out, err = p.communicate(timeout=300)
         return p.pid, p.returncode, out, err
 
+    def steps_of(self, ami, instances):
+        log = self.scratch('steps-%s.log' % os.path.basename(instances))
+        _pid, rc, _out, err = self.drive(instances, ami, str(uuid.uuid4()),
+                                         AMIBOOT_FAULT_LOG=log)
+        self.assertEqual(0, rc, err)
+        with open(log) as f:
+            return f.read().splitlines()
+
+    def copy_bases(self, ref, inst):
+        # Copies without the reference run's xattrs (no facts, identity
+        # nor template): the base check and the template build happen
+        # again, in the spawn.
+        os.makedirs(os.path.join(inst, '_base'))
+        for n in base_digests(ref):
+            shutil.copyfile(os.path.join(ref, '_base', n),
+                            os.path.join(inst, '_base', n))
+
+    def kill_plan(self, ami, ref):
+        """[(warm start, step)] for a kill at every step, and every name.
+
+        Every step up to the last base entering the cache is a fetch's (the
+        AMI's conversion and check included): killed from nothing. Past
+        it, the spawn runs with the bases there already (copies, without
+        the facts: a download and conversion saved per step), listed by a
+        second reference run that starts so.
+        """
+        steps = self.steps_of(ami, ref)
+        last = max(i for i, s in enumerate(steps) if s.startswith('fetched'))
+        warm = self.scratch('warm')
+        self.copy_bases(ref, warm)
+        spawn_steps = self.steps_of(ami, warm)
+        shutil.rmtree(warm)
+        names = {s.rsplit(' ', 1)[0] for s in steps + spawn_steps}
+        return ([(False, s) for s in steps[:last + 1]] +
+                [(True, s) for s in spawn_steps]), names
+
     def assertLocksFree(self, instances):
         for name in os.listdir(os.path.join(instances, '_base')):
             with lockutils.lock(name, lock_file_prefix=cache_mod.LOCK_PREFIX,
@@ -160,38 +197,25 @@ class TestKill(FaultTestCase):
     def test_kill_prepare_at_every_step(self):
         ami, _aki, _ari = self.qcow2_triplet()
         ref = self.scratch('ref')
-        log = self.scratch('steps.log')
-        _pid, rc, _out, err = self.drive(ref, ami, str(uuid.uuid4()),
-                                         AMIBOOT_FAULT_LOG=log)
-        self.assertEqual(0, rc, err)
-        with open(log) as f:
-            steps = f.read().splitlines()
-        names = {s.rsplit(' ', 1)[0] for s in steps}
+        plan, names = self.kill_plan(ami, ref)
         # The first prepare of this (base, size) checks the base and builds
         # its grown template (e2fsck, resize2fs there), then copies it for
         # the instance and injects (debugfs).
         for needed in ('download', 'inspect', 'run:qemu-img info',
-                       'run:qemu-img convert', 'run:qemu-img create',
-                       'run:qemu-storage-daemon', 'attached', 'run:e2fsck',
-                       'run:resize2fs', 'run:debugfs', 'xml'):
+                       'run:qemu-img convert', 'fetched',
+                       'run:qemu-img create', 'run:qemu-storage-daemon',
+                       'attached', 'run:e2fsck', 'run:resize2fs',
+                       'run:debugfs', 'xml'):
             self.assertIn(needed, names)
         self.assertEqual(1, len(templates(ref)), templates(ref))
         expected = base_digests(ref)
         kills = recovered = 0
         leaked = []
-        for step in steps:
+        for warm_start, step in plan:
             inst = self.scratch('kill-%d' % kills)
             inst_uuid = str(uuid.uuid4())
-            if step.rsplit(' ', 1)[0] not in FETCH_STEPS:
-                # Past the fetch, a spawn finds the bases there; copies
-                # (without the reference run's xattrs, so no facts, identity
-                # nor template) save a download and conversion per step and
-                # keep the step numbering: the base check and the template
-                # build happen again.
-                os.makedirs(os.path.join(inst, '_base'))
-                for n in expected:
-                    shutil.copyfile(os.path.join(ref, '_base', n),
-                                    os.path.join(inst, '_base', n))
+            if warm_start:
+                self.copy_bases(ref, inst)
             daemons_before = base.live_processes('qemu-storage-daemon')
             pid, rc, _out, err = self.drive(inst, ami, inst_uuid,
                                             AMIBOOT_KILL_AT=step)
@@ -213,7 +237,7 @@ class TestKill(FaultTestCase):
                 recovered += 1
             shutil.rmtree(inst)
         shutil.rmtree(ref)
-        self.assertKillFigure('core prepare', len(steps), kills, recovered,
+        self.assertKillFigure('core prepare', len(plan), kills, recovered,
                               leaked)
 
 
@@ -463,8 +487,10 @@ class TestPartAgeing(FaultTestCase):
         self.assertEqual(-9, rc, err)
         c = cache_mod.ImageCache(inst, self.store, self.conf)
         dead = sorted(glob.glob(c.path_for(ami.id) + '.part*'))
+        # The download, and the probe of its head being converted.
         self.assertEqual(['%s.part-%d' % (c.path_for(ami.id), pid)],
-                         [d for d in dead if not d.endswith('.raw')])
+                         [d for d in dead if not d.endswith(('.raw',
+                                                             '.head'))])
         # A fetch in progress elsewhere holds its base's lock.
         live = c.path_for('other-image') + '.part-1'
         open(live, 'w').close()

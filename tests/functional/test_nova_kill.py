@@ -119,40 +119,28 @@ class TestKillNovaCreateImage(test_faults.FaultTestCase):
     def test_kill_create_image_at_every_step(self):
         ami, _aki, _ari = self.qcow2_triplet()
         ref = self.scratch('ref')
-        log = self.scratch('steps.log')
-        _pid, rc, out, err = self.drive(ref, ami, str(uuid.uuid4()),
-                                        AMIBOOT_FAULT_LOG=log)
-        self.assertEqual(0, rc, err)
-        with open(log) as f:
-            all_steps = f.read().splitlines()
-        names = [s.rsplit(' ', 1)[0] for s in all_steps]
+        plan, names = self.kill_plan(ami, ref)
         # The first disk of this (base, size): fetch (download, inspection,
-        # conversion), the base check, the grown template's build, then
+        # conversion, the base check), the grown template's build, then
         # its copy, attached for the key (debugfs).
         for needed in ('download', 'inspect', 'run:qemu-img info',
-                       'run:qemu-img convert', 'run:qemu-img create',
-                       'run:qemu-storage-daemon', 'attached', 'run:e2fsck',
-                       'run:resize2fs', 'run:debugfs'):
+                       'run:qemu-img convert', 'fetched',
+                       'run:qemu-img create', 'run:qemu-storage-daemon',
+                       'attached', 'run:e2fsck', 'run:resize2fs',
+                       'run:debugfs'):
             self.assertIn(needed, names)
         self.assertEqual(1, len(test_faults.templates(ref)))
         # Every step (the tail is nova's size check after the disk is
         # whole: a kill there must leave the disk usable as it is).
-        steps = all_steps
         expected = test_faults.base_digests(ref)
         base_path = os.path.join(ref, '_base', cache_mod.base_name(ami.id))
         kills = recovered = 0
         leaked = []
-        for step in steps:
+        for warm_start, step in plan:
             inst = self.scratch('kill-%d' % kills)
             inst_uuid = str(uuid.uuid4())
-            if step.rsplit(' ', 1)[0] not in test_faults.FETCH_STEPS:
-                # Past the fetch, the base is there (a copy, without the
-                # reference run's facts and identity: the base check and
-                # template build happen again, same step numbering).
-                os.makedirs(os.path.join(inst, '_base'))
-                for n in expected:
-                    shutil.copyfile(os.path.join(ref, '_base', n),
-                                    os.path.join(inst, '_base', n))
+            if warm_start:
+                self.copy_bases(ref, inst)
             daemons_before = base.live_processes('qemu-storage-daemon')
             pid, rc, _out, err = self.drive(inst, ami, inst_uuid,
                                             AMIBOOT_KILL_AT=step)
@@ -178,7 +166,7 @@ class TestKillNovaCreateImage(test_faults.FaultTestCase):
                 recovered += 1
             shutil.rmtree(inst)
         shutil.rmtree(ref)
-        self.assertKillFigure('nova route create_image', len(steps), kills,
+        self.assertKillFigure('nova route create_image', len(plan), kills,
                               recovered, leaked)
 
 

@@ -225,16 +225,27 @@ class TestPrepare(base.RealToolsTestCase):
         self.assertFalse(os.path.exists(os.path.join(self.instances,
                                                      req.uuid)))
 
-    def test_no_filesystem_cannot_take_a_key(self):
-        blank = self.scratch('blank.img')
-        subprocess.run(['truncate', '-s', '16M', blank], check=True)
-        ami, _a, _r = self.add_triplet(root=blank)
+    def test_xfs_cannot_take_a_key(self):
+        # XFS is served (booted) but not written from user space.
+        img = self.scratch('xfs.img')
+        subprocess.run(['truncate', '-s', '320M', img], check=True)
+        subprocess.run(['mkfs.xfs', '-q', img], check=True)
+        ami, _a, _r = self.add_triplet(root=img)
         with self.assertRaises(exception.InjectionFailed) as cm:
             self.prepare(self.request(ami.id))
         self.assertIn('ext2/3/4 only', str(cm.exception))
         # Without anything to inject it is only left ungrown.
         p = self.prepare(self.request(ami.id, key=None))
         self.assertFalse(p.grown)
+
+    def test_no_filesystem_is_refused_at_fetch(self):
+        blank = self.scratch('blank.img')
+        subprocess.run(['truncate', '-s', '16M', blank], check=True)
+        ami, _a, _r = self.add_triplet(root=blank)
+        with self.assertRaises(exception.InvalidImage) as cm:
+            self.prepare(self.request(ami.id, key=None))
+        self.assertIn('holds no filesystem', str(cm.exception))
+        self.assertEqual([], self.base_dir_entries())
 
     def test_denied_boot_param_before_disk_work(self):
         ami, _a, _r = self.add_triplet()
@@ -271,8 +282,12 @@ class TestPrepare(base.RealToolsTestCase):
         with self.assertRaises(RuntimeError):
             with attach.attached(disk, 'qcow2', self.conf, 'fuse',
                                  backing=attach.HEADER) as tg:
-                self.assertTrue(attach.fuse_mounted(tg.path))
+                # Served in the sandbox: its FUSE mount is in the
+                # sandbox's mount namespace, never on the host.
+                self.assertEqual([], base.fuse_exports())
+                self.assertFalse(attach.fuse_mounted(tg.path))
                 self.assertTrue(base.live_processes('qemu-storage-daemon'))
+                tg.run('dumpe2fs', ['-h'])
                 raise RuntimeError('boom')
         # assertNothingLeaked runs at clean-up.
 

@@ -11,7 +11,7 @@ Outcomes:
 import unittest
 
 from nova_amiboot import domain
-from nova_amiboot import embedded
+from nova_amiboot import bootparams
 from nova_amiboot import exception
 
 INVALID = 'invalid'
@@ -164,7 +164,7 @@ class TestParameterGrammar(unittest.TestCase):
         for label, data, expected in USER_DATA:
             with self.subTest(label):
                 got = _outcome(lambda: _user_part(domain.build_cmdline(
-                    DEFAULT, None, embedded.boot_params_from_user_data(
+                    DEFAULT, None, bootparams.from_user_data(
                         data, instance='vm-x'), ALLOWED, instance='vm-x')))
                 self.assertEqual(expected, got)
 

@@ -40,11 +40,13 @@ class TestNbdAttach(unittest.TestCase):
         self.disconnect = mock.patch.object(priv_nbd, 'disconnect').start()
         self.addCleanup(mock.patch.stopall)
 
-    def test_auto_picks_nbd_when_the_device_exists(self):
-        with mock.patch('os.path.exists', return_value=True):
-            self.assertEqual('nbd', attach.choose_method(self.conf))
-        with mock.patch('os.path.exists', return_value=False):
-            self.assertEqual('fuse', attach.choose_method(self.conf))
+    def test_auto_picks_fuse_unless_only_nbd_exists(self):
+        # Stand-ins for /dev/fuse and /sys/block/nbd0 (no nbd module here).
+        for fuse, nbd, want in ((True, True, 'fuse'), (True, False, 'fuse'),
+                                (False, True, 'nbd'), (False, False, 'fuse')):
+            exists = {'/dev/fuse': fuse, '/sys/block/nbd0': nbd}
+            with mock.patch('os.path.exists', side_effect=exists.get):
+                self.assertEqual(want, attach.choose_method(self.conf))
         self.conf.set_override('attach_method', 'fuse', 'amiboot')
         with mock.patch('os.path.exists', return_value=True):
             self.assertEqual('fuse', attach.choose_method(self.conf))
@@ -84,6 +86,10 @@ class TestNbdAttach(unittest.TestCase):
                 tg.debugfs([('imap', '/etc')])
         self.assertEqual([
             mock.call('blkid', '/dev/nbd3', ['-p'], ok_codes=(0,),
-                      size=None),
+                      size=None, limits=mock.ANY),
             mock.call('debugfs', '/dev/nbd3', [], requests=[('imap', '/etc')],
-                      out_limit=e2fs.DEFAULT_OUT)], run.call_args_list)
+                      out_limit=e2fs.DEFAULT_OUT, limits=mock.ANY)],
+            run.call_args_list)
+        # The sandbox's limits travel with every request.
+        self.assertEqual(self.conf.amiboot.tool_memory_mb,
+                         run.call_args_list[0][1]['limits']['memory_mb'])

@@ -46,6 +46,10 @@ class PrivilegedTestCase(unittest.TestCase):
         os.makedirs(os.path.join(self.instances, UUID))
         nbd.set_local_instances_path(self.instances)
         self.addCleanup(nbd.set_local_instances_path, None)
+        # The devices "connected" by other tests are not this test's.
+        p = mock.patch.object(nbd, '_CONNECTED', set())
+        p.start()
+        self.addCleanup(p.stop)
         # A canary host file that nothing may read or write.
         self.canary = os.path.join(self.top, 'canary')
         with open(self.canary, 'w') as f:
@@ -237,6 +241,50 @@ class TestConnect(PrivilegedTestCase):
         self.assertEqual([], self.seen)
         self.assert_canary_intact()
 
+    def test_connected_devices_are_remembered(self):
+        self.assertRaises(ValueError, nbd.disconnect, '/dev/nbd3')
+        nbd.connect('/dev/nbd3', self.disk, 'qcow2')
+        self.addCleanup(nbd._CONNECTED.discard, '/dev/nbd3')
+        self.assertIn('/dev/nbd3', nbd._CONNECTED)
+        self.assertNotIn('/dev/nbd4', nbd._CONNECTED)
+
+    def test_base_directory_of_another_name(self):
+        # nova's [image_cache] subdirectory_name need not be _base.
+        other = os.path.join(self.instances, 'cache-dir')
+        os.makedirs(other)
+        base = os.path.join(other, BASE)
+        shutil.copyfile(self.base, base)
+        os.unlink(self.disk)
+        _sh('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
+            base, self.disk)
+        nbd.connect('/dev/nbd3', self.disk, 'qcow2')
+        nbd._CONNECTED.discard('/dev/nbd3')
+        self.assertEqual([self.disk, base], self.seen[-1][2])
+        # Not a directory of the instances path, or not a plain name.
+        for bad in (os.path.join(self.top, BASE),
+                    os.path.join(self.instances, UUID, BASE),
+                    os.path.join(self.instances, '_base', 'sub', BASE)):
+            with self.subTest(bad=bad):
+                self.assertRaises(ValueError, nbd._check_base, bad)
+        # A link on the way is refused.
+        link = os.path.join(self.instances, 'linked')
+        os.symlink(other, link)
+        self.assertRaises(ValueError, nbd._check_base,
+                          os.path.join(link, BASE))
+
+    def test_recorded_backing_wins_over_the_header(self):
+        # The guest's QEMU rewrote the header to name another base of this
+        # host; the base recorded (root-only xattr) is the one served.
+        other = os.path.join(self.instances, '_base', 'b' * 40)
+        shutil.copyfile(self.base, other)
+        os.setxattr(self.disk, 'trusted.amiboot.backing',
+                    self.base.encode())
+        _sh('qemu-img', 'rebase', '-u', '-f', 'qcow2', '-F', 'raw', '-b',
+            other, self.disk)
+        nbd.connect('/dev/nbd3', self.disk, 'qcow2')
+        nbd._CONNECTED.discard('/dev/nbd3')
+        self.assertEqual([self.disk, self.base], self.seen[-1][2])
+
     def test_hostile_devices_and_formats(self):
         for dev in ('/dev/sda', '/dev/nbd1p1', '/dev/nbd1/../sda', 'nbd0',
                     '/dev/nbd0\n', '/dev/nbd', None):
@@ -265,6 +313,17 @@ class TestRunE2fs(PrivilegedTestCase):
         p = mock.patch.object(e2fs, 'run', side_effect=on_image)
         p.start()
         self.addCleanup(p.stop)
+        # As if connect() had connected it (no nbd module here).
+        nbd._CONNECTED.add('/dev/nbd3')
+        self.addCleanup(nbd._CONNECTED.discard, '/dev/nbd3')
+
+    def test_only_devices_this_process_connected(self):
+        for dev in ('/dev/nbd4', '/dev/nbd0'):
+            with self.assertRaises(ValueError) as cm:
+                nbd.run_e2fs('blkid', dev,
+                             ['-p', '-o', 'value', '-s', 'TYPE'])
+            self.assertIn('not connected by this process', str(cm.exception))
+            self.assertRaises(ValueError, nbd.disconnect, dev)
 
     def debugfs(self, requests, write=False, **kw):
         return nbd.run_e2fs('debugfs', '/dev/nbd3', ['-w'] if write else [],
@@ -470,9 +529,11 @@ class TestThroughPrivsepDaemon(unittest.TestCase):
         res = json.loads(p.stdout.strip().splitlines()[-1])
         self.assertEqual('RequestRefused', res[0][0])
         self.assertIn('not allowed for debugfs', res[0][1])
-        # Built and run in the daemon: the (absent) device is the error.
-        self.assertEqual(['ok', ['bytes', 'str', 'bool']], res[1][:2])
-        self.assertIn('/dev/nbd3', res[1][2])
+        # A valid request on a device this daemon did not connect: refused
+        # before anything is opened.
+        self.assertEqual('ValueError', res[1][0])
+        self.assertIn('/dev/nbd3 was not connected by this process',
+                      res[1][1])
         self.assertEqual('RequestRefused', res[2][0])
         for r in res[3:]:
             self.assertEqual('ValueError', r[0])

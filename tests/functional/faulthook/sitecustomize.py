@@ -11,12 +11,13 @@ production code carries no hook. Environment:
   filesystem of AMIBOOT_FILL_FILE (writing that file until ENOSPC) and go
   on: what follows meets a full disk.
 
-Steps: ``download`` (first chunk written), ``inspect``, ``run:<tool>``
-(the tool started and still running: qemu-img info/convert/create,
-qemu-storage-daemon through nova_amiboot.utils.execute(_quick); blkid, e2fsck,
-resize2fs, debugfs, dumpe2fs through the e2fs runner), ``attached``
-(the FUSE export is up), ``xml`` (libvirt.xml written, not yet renamed
-into place), ``define`` (the domain defined).
+Steps: ``download`` (first chunk written), ``inspect``, ``fetched`` (a
+base renamed into the cache, checked), ``run:<tool>``
+(the tool started and still running, in its sandbox: qemu-img
+info/convert/create, qemu-storage-daemon, blkid, e2fsck, resize2fs,
+debugfs, dumpe2fs, all through nova_amiboot.sandbox), ``attached``
+(the FUSE export is up, inside its sandbox), ``xml`` (libvirt.xml
+written, not yet renamed into place), ``define`` (the domain defined).
 """
 
 import collections
@@ -32,7 +33,7 @@ def _install():
     from nova_amiboot import cache
     from nova_amiboot import guest
     from nova_amiboot import safety
-    from nova_amiboot.privileged import e2fs
+    from nova_amiboot import sandbox
     from nova_amiboot import utils
 
     log = os.environ.get('AMIBOOT_FAULT_LOG')
@@ -98,27 +99,11 @@ def _install():
         return real_execute(*cmd, **kwargs)
 
     utils.execute = execute
-    real_quick = utils.execute_quick
 
-    # qemu-storage-daemon starts through execute_quick (no on_execute).
-    def execute_quick(*cmd, **kwargs):
-        if reached('run:' + os.path.basename(cmd[0])):
-            # Die with the tool running, as above.
-            subprocess.Popen([str(c) for c in cmd],
-                             stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-            die()
-        result = real_quick(*cmd, **kwargs)
-        if cmd[0] == 'qemu-storage-daemon' and reached('attached'):
-            die()
-        return result
-
-    utils.execute_quick = execute_quick
-
-    # e2fsprogs (e2fsck, resize2fs, debugfs, blkid, dumpe2fs) run through
-    # e2fs's own bounded runner, not utils.execute; same step names.
-    real_bounded = e2fs._bounded
-    real_popen = e2fs.subprocess.Popen
+    # Every tool on untrusted bytes runs through the sandbox's runner
+    # (nova_amiboot.sandbox._bounded); same step names as above.
+    real_bounded = sandbox._bounded
+    real_popen = sandbox.subprocess.Popen
 
     class DyingPopen(real_popen):
         # Die with the tool started (its stdin script possibly unread):
@@ -133,12 +118,28 @@ def _install():
         def __getattr__(self, name):
             return getattr(subprocess, name)
 
-    def bounded(cmd, *args, **kwargs):
-        if reached('run:' + os.path.basename(cmd[0])):
-            e2fs.subprocess = DyingSubprocess()
-        return real_bounded(cmd, *args, **kwargs)
+    def step_name(argv, tool):
+        if tool == 'qemu-img':
+            return 'run:qemu-img ' + argv[argv.index('qemu-img') + 1]
+        return 'run:' + tool
 
-    e2fs._bounded = bounded
+    def bounded(argv, *args, **kwargs):
+        if reached(step_name(argv, kwargs.get('tool'))):
+            sandbox.subprocess = DyingSubprocess()
+        return real_bounded(argv, *args, **kwargs)
+
+    sandbox._bounded = bounded
+    real_enter = sandbox.Session.__enter__
+
+    def enter(self):
+        if reached('run:qemu-storage-daemon'):
+            sandbox.subprocess = DyingSubprocess()
+        result = real_enter(self)
+        if reached('attached'):
+            die()
+        return result
+
+    sandbox.Session.__enter__ = enter
 
     class Writer(cache._HashingWriter):
         def write(self, chunk):
@@ -149,6 +150,9 @@ def _install():
 
     cache._HashingWriter = Writer
     safety.inspect = step_before('inspect', safety.inspect)
+    # A base is in the cache (renamed into place, checked).
+    cache.ImageCache._download = step_after('fetched',
+                                            cache.ImageCache._download)
     real_replace = os.replace
 
     def replace(src, dst, *args, **kwargs):
