@@ -635,7 +635,9 @@ def _place(src, top, rel, name, mode, size, fail):
             fds.append(os.open(part, nofollow, dir_fd=fds[-1]))
         # The sandboxed debugfs wrote ``src``: never follow what it left.
         try:
-            fds.append(os.open(src, os.O_RDONLY | os.O_NOFOLLOW))
+            # O_NONBLOCK: a fifo left there must not hang this open.
+            fds.append(os.open(src, os.O_RDONLY | os.O_NOFOLLOW |
+                               os.O_NONBLOCK))
             st = os.fstat(fds[-1])
             got = st.st_size if stat.S_ISREG(st.st_mode) else -1
         except OSError:

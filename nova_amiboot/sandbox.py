@@ -37,6 +37,7 @@ few milliseconds, and rlimits hold for every process of the tool.
 import collections
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import pwd
@@ -45,6 +46,7 @@ import selectors
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -68,6 +70,8 @@ MAX_ERR = 1 * MiB
 _RO_SYSTEM = ('/usr', '/etc/ld.so.cache', '/etc/ld.so.conf',
               '/etc/ld.so.conf.d', '/etc/alternatives')
 _USR_LINKS = ('bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32')
+# linux/fs.h: set a block device read-only (root only).
+_BLKROSET = 0x125d
 _HELD_FD = re.compile(r'/proc/self/fd/([0-9]{1,9})')
 _ENV = {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C',
         'PAGER': '__none__', 'DEBUGFS_PAGER': '__none__',
@@ -216,6 +220,7 @@ class Run(object):
         self.fds = []
         self._owned = []          # fds we opened (closed after)
         self._granted = []        # (fd, uid, gid) to give back
+        self._readonly = []       # block devices set read-only for the run
         self._binds = []
         self.setpriv, self.uid, self.gid = _identity(limits_.user)
 
@@ -249,7 +254,15 @@ class Run(object):
             raise
         self._owned.append(fd)
         st = os.fstat(fd)
-        if write and stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        if stat.S_ISBLK(st.st_mode):
+            if not write:
+                # The tool user gets the device node for the run; read-only
+                # is the block layer's (BLKROSET, which only root can
+                # undo), not the descriptor's: a reopen for writing fails.
+                fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 1))
+                self._readonly.append(fd)
+            self._grant(fd, st)
+        elif write and stat.S_ISREG(st.st_mode):
             self._grant(fd, st)
         elif os.geteuid() == 0 and st.st_uid != self.uid and \
                 not st.st_mode & stat.S_IROTH:
@@ -302,6 +315,12 @@ class Run(object):
         return self.fd(fd)
 
     def close(self):
+        for fd in self._readonly:
+            try:
+                fcntl.ioctl(fd, _BLKROSET, struct.pack('i', 0))
+            except OSError:
+                pass
+        self._readonly = []
         for fd, uid, gid, mode in reversed(self._granted):
             try:
                 os.fchown(fd, uid, gid)
@@ -319,15 +338,29 @@ class Run(object):
     def __exit__(self, *exc):
         self.close()
 
-    def argv(self, cmd):
+    def argv(self, cmd, info_fd=None):
         tool = os.path.basename(cmd[0])
-        return (self.setpriv + _bwrap(self._binds) + ['--'] +
+        info = ['--info-fd', str(info_fd)] if info_fd is not None else []
+        return (self.setpriv + _bwrap(self._binds + info) + ['--'] +
                 self.limits.prlimit(tool) + [str(c) for c in cmd])
 
-    def execute(self, cmd, stdin=None, out_limit=MAX_OUT, ok_codes=(0,)):
-        return execute_argv(self.argv(cmd), cmd, self.image, self.limits,
-                            stdin=stdin, out_limit=out_limit,
-                            ok_codes=ok_codes, pass_fds=self.fds)
+    def execute(self, cmd, stdin=None, out_limit=MAX_OUT, ok_codes=(0,),
+                limit_ok=None):
+        # bwrap reports the sandbox's child on this pipe once it is set up:
+        # whether the sandbox came up is that fact, never the tool's words.
+        info_r, info_w = os.pipe()
+        try:
+            return execute_argv(self.argv(cmd, info_w), cmd, self.image,
+                                self.limits, stdin=stdin, out_limit=out_limit,
+                                ok_codes=ok_codes,
+                                pass_fds=self.fds + [info_w],
+                                limit_ok=limit_ok, info=(info_r, info_w))
+        finally:
+            for fd in (info_r, info_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 class Result(object):
@@ -389,29 +422,42 @@ def _name(cmd):
 
 
 def execute_argv(argv, cmd, image, lim, stdin=None, out_limit=MAX_OUT,
-                 ok_codes=(0,), pass_fds=()):
-    """Run the full ``argv`` (sandbox and ``cmd``); judge the outcome."""
+                 ok_codes=(0,), pass_fds=(), limit_ok=None, info=None):
+    """Run the full ``argv`` (sandbox and ``cmd``); judge the outcome.
+
+    ``limit_ok``: the exit codes that mean success, when ``ok_codes``
+    admits more (the caller judges them itself). ``info``: (read, write)
+    ends of bwrap's --info-fd pipe; without it the sandbox is up already
+    (a Session).
+    """
     tool = os.path.basename(str(cmd[0]))
     if shutil.which('bwrap') is None:
         raise exception.SandboxUnavailable(
             reason="bwrap is not installed (Debian package bubblewrap)")
-    out, err, code, truncated, rss, elapsed, timed_out = _bounded(
+    out, err, code, truncated, rss, elapsed, timed_out, cpu = _bounded(
         argv, stdin, out_limit, lim.timeout, pass_fds, tool=tool)
     _record(tool, rss, elapsed)
     err_text = err.decode('utf-8', 'replace')
+    started = True
+    if info:
+        os.set_blocking(info[0], False)
+        try:
+            started = b'child-pid' in os.read(info[0], 65536)
+        except BlockingIOError:
+            started = False
     if timed_out:
         raise exception.ToolLimitExceeded(
             tool=tool, image=image, limit='wall-clock',
             value='%s = %d s' % (lim.timeout_name, lim.timeout))
-    limit = _limit_hit(code, err_text + out[-4096:].decode(
-        'utf-8', 'replace'), rss, lim, tool)
+    ok = ok_codes if limit_ok is None else limit_ok
+    limit = _limit_hit(code, code in ok, err_text + '\n' + out[-4096:].decode(
+        'utf-8', 'replace'), rss, cpu, lim, tool)
     if limit:
         raise exception.ToolLimitExceeded(tool=tool, image=image,
                                           limit=limit[0], value=limit[1])
-    if 'bwrap: ' in err_text[:400] and code == 1 and not out:
+    if not started:
         raise exception.SandboxUnavailable(reason=_one_line(err_text))
-    if code in (126, 127) and not out and (
-            'No such file' in err_text or 'failed to execute' in err_text):
+    if code in (126, 127) and shutil.which(tool) is None:
         raise exception.ToolMissing(tool=tool)
     if not truncated and code not in ok_codes:
         raise exception.command_failed(cmd=_name(cmd), code=code,
@@ -429,17 +475,32 @@ def _signal_of(code):
     return None
 
 
-def _limit_hit(code, text, rss, lim, tool):
-    if code == 0:
+def _limit_hit(code, ok, err_text, rss, cpu, lim, tool):
+    """(limit, value) if a limit stopped the tool, from facts.
+
+    The signal that ended it (with the CPU time it used, for SIGXCPU) or a
+    kill with its resident size near the limit; the tool's own words only
+    on a line it begins itself, and only if it failed: an image's file
+    names (which e2fsck and debugfs print) can say anything.
+    """
+    if code == 0 or code is None:
         return None
     sig = _signal_of(code)
-    if sig == signal.SIGXCPU:
+    if sig == signal.SIGXCPU and cpu >= lim.cpu - 1:
         return 'CPU time', '%d s' % lim.cpu
-    if sig == signal.SIGXFSZ or 'File too large' in text:
+    if sig == signal.SIGXFSZ:
         return 'file size', '%d bytes' % lim.file_size
-    if _ENOMEM.search(text) or (sig in (signal.SIGSEGV, signal.SIGABRT,
-                                        signal.SIGKILL, signal.SIGBUS)
-                                and rss > lim.memory_for(tool) * MiB // 2):
+    # Lines the tool begins itself: its name (its error reports) or
+    # e2fsprogs' "Error ..." reports; an image's names come quoted inside
+    # a line (e2fsck prints them escaped), never at its start.
+    said = [] if ok else [line for line in err_text.splitlines()
+                          if line.startswith((tool + ': ', 'Error '))]
+    if any('File too large' in line for line in said):
+        return 'file size', '%d bytes' % lim.file_size
+    if any(_ENOMEM.search(line) for line in said) or (
+            sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGKILL,
+                    signal.SIGBUS)
+            and rss > lim.memory_for(tool) * MiB // 2):
         return 'memory', '[amiboot] tool_memory_mb = %d MiB (address ' \
             'space%s)' % (lim.memory_mb, ', twice for QEMU'
                           if tool in QEMU_TOOLS else '')
@@ -455,8 +516,9 @@ def _bounded(argv, stdin, out_limit, timeout, pass_fds=(), tool=None):
     """Run ``argv``; at most ``out_limit`` bytes of stdout are kept.
 
     Returns (out, err, code, truncated, peak RSS bytes, seconds,
-    timed_out). The run is its own process group, killed whole when the
-    time is over or the output limit passed (the sandbox dies with it).
+    timed_out, CPU seconds). The run is its own process group, killed
+    whole when the time is over or the output limit passed (the sandbox
+    dies with it).
     """
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE,
@@ -506,11 +568,11 @@ def _bounded(argv, stdin, out_limit, timeout, pass_fds=(), tool=None):
                 break
         if timed_out or truncated:
             _killpg(proc.pid)
-        code, rss = _wait(proc, max(1.0, deadline - time.monotonic()))
+        code, rss, cpu = _wait(proc, max(1.0, deadline - time.monotonic()))
         if code is None:
             timed_out = True
             _killpg(proc.pid)
-            code, rss = _wait(proc, 30)
+            code, rss, cpu = _wait(proc, 30)
     finally:
         sel.close()
         if proc.returncode is None:
@@ -520,7 +582,7 @@ def _bounded(argv, stdin, out_limit, timeout, pass_fds=(), tool=None):
             if f and not f.closed:
                 f.close()
     return (bytes(out), bytes(err), code, truncated, rss,
-            time.monotonic() - t0, timed_out)
+            time.monotonic() - t0, timed_out, cpu)
 
 
 def _killpg(pid):
@@ -531,7 +593,7 @@ def _killpg(pid):
 
 
 def _wait(proc, timeout):
-    """(exit code as Popen gives it, peak RSS in bytes) or (None, 0)."""
+    """(exit code, peak RSS bytes, CPU seconds) or (None, 0, 0)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -539,15 +601,16 @@ def _wait(proc, timeout):
         except ChildProcessError:
             proc.returncode = proc.returncode if proc.returncode is not \
                 None else -1
-            return proc.returncode, 0
+            return proc.returncode, 0, 0.0
         if pid:
             code = os.waitstatus_to_exitcode(status)
             proc.returncode = code
             # ru_maxrss: KiB, the largest of the process and every
-            # descendant it waited for (the tool, inside the sandbox).
-            return code, ru.ru_maxrss * 1024
+            # descendant it waited for (the tool, inside the sandbox);
+            # the CPU time likewise summed over them.
+            return code, ru.ru_maxrss * 1024, ru.ru_utime + ru.ru_stime
         if time.monotonic() > deadline:
-            return None, 0
+            return None, 0, 0.0
         time.sleep(0.001)
 
 
@@ -739,13 +802,14 @@ class Session(object):
                 self.limits.prlimit(tool) + [str(c) for c in cmd])
 
     def execute(self, cmd, stdin=None, out_limit=MAX_OUT, ok_codes=(0,),
-                pass_fds=()):
+                pass_fds=(), limit_ok=None):
         if self.proc is None or self.proc.poll() is not None:
             raise exception.AttachFailed(path=self.disk,
                                          reason="its sandbox is gone")
         return execute_argv(self.argv(cmd), cmd, self.image, self.limits,
                             stdin=stdin, out_limit=out_limit,
-                            ok_codes=ok_codes, pass_fds=pass_fds)
+                            ok_codes=ok_codes, pass_fds=pass_fds,
+                            limit_ok=limit_ok)
 
     def _stop(self):
         proc = self.proc

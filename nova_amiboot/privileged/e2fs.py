@@ -270,7 +270,8 @@ def run(tool, options, target, requests=None, ok_codes=(0,), size=None,
         if session is not None:
             cmd[-1 if size is None else -2] = sandbox.MOUNT
             res = session.execute(cmd, stdin=script, out_limit=out_limit,
-                                  ok_codes=range(256), pass_fds=memfds)
+                                  ok_codes=range(256), pass_fds=memfds,
+                                  limit_ok=codes)
         else:
             with sandbox.Run(image, lim) as r:
                 cmd[-1 if size is None else -2] = r.file(target,
@@ -278,7 +279,7 @@ def run(tool, options, target, requests=None, ok_codes=(0,), size=None,
                 for fd in memfds:
                     r.fd(fd)
                 res = r.execute(cmd, stdin=script, out_limit=out_limit,
-                                ok_codes=range(256))
+                                ok_codes=range(256), limit_ok=codes)
     except exception.CommandFailed as e:
         # Killed by a signal (the sandbox) or a failure of the sandbox.
         raise Failed(tool, e.kwargs.get('code'), e.kwargs.get('stderr', ''))

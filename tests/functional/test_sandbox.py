@@ -222,3 +222,72 @@ class TestBombThroughPrepare(base.RealToolsTestCase):
         self.assertEqual([], [n for n in os.listdir(self.instances)
                               if n.startswith('amiboot-check-')])
         shutil.rmtree(inst, True)
+
+
+class TestWhatToolsLeave(base.RealToolsTestCase):
+    """Root never trusts what a sandboxed tool left or was handed."""
+
+    def test_fifo_or_link_in_a_dump_dir_is_refused_not_waited_on(self):
+        from nova_amiboot import diskimage
+        top = self.scratch('top')
+        os.mkdir(top)
+        why = []
+        for kind in ('fifo', 'link'):
+            src = self.scratch('left-' + kind)
+            if kind == 'fifo':
+                os.mkfifo(src)
+            else:
+                os.symlink('/etc/shadow', src)
+
+            def fail(reason):
+                why.append(reason)
+                raise RuntimeError(reason)
+            # Would block forever in open() on a fifo without O_NONBLOCK.
+            with self.assertRaises(RuntimeError):
+                diskimage._place(src, top, '', 'f-' + kind, 0o644, 10, fail)
+            self.assertFalse(os.path.exists(os.path.join(top, 'f-' + kind)))
+        self.assertEqual(2, len(why))
+
+    def test_read_only_block_device_stays_read_only(self):
+        img = self.scratch('blk.img')
+        with open(img, 'wb') as f:
+            f.write(b'ORIGINAL' + bytes(1024 * 1024 - 8))
+        dev = subprocess.run(['losetup', '-f', '--show', img], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        self.addCleanup(subprocess.run, ['losetup', '-d', dev])
+        before = os.stat(dev)
+        with sandbox.Run('img-blk', sandbox.Limits(timeout=30)) as r:
+            p = r.file(dev)
+            res = r.execute(['sh', '-c', 'printf PWNED | dd of=%s '
+                             'conv=notrunc status=none && echo WROTE' % p],
+                            ok_codes=range(256))
+        self.assertNotIn('WROTE', res.text)
+        with open(img, 'rb') as f:
+            self.assertEqual(b'ORIGINAL', f.read(8))
+        after = os.stat(dev)
+        self.assertEqual((before.st_uid, before.st_mode),
+                         (after.st_uid, after.st_mode))
+        # And it is writable again for root (BLKROSET undone).
+        with open(dev, 'r+b') as f:
+            f.write(b'ROOTOK!!')
+        with open(img, 'rb') as f:
+            self.assertEqual(b'ROOTOK!!', f.read(8))
+
+    def test_tenant_words_are_not_a_limit(self):
+        # An image's file name that reads like an allocation failure, on a
+        # filesystem e2fsck finds errors in: a failure of e2fsck, not the
+        # memory limit.
+        tree = self.scratch('tree')
+        os.makedirs(tree)
+        open(os.path.join(tree, "Cannot allocate memory"), 'w').close()
+        img = self.scratch('names.img')
+        self.mkfs(tree, img, '8M')
+        ino = self.run_cmd('debugfs', '-R', 'stat "/Cannot allocate memory"',
+                           img).split()[1]
+        self.run_cmd('debugfs', '-w', '-R', 'clri <%s>' % ino, img)
+        with self.assertRaises(exception.CommandFailed) as cm:
+            sandbox.run(['e2fsck', '-fn', img], 'img-words', files=[img])
+        self.assertNotIsInstance(cm.exception, exception.ToolLimitExceeded)
+        # Repaired (exit 1, accepted): no error at all.
+        sandbox.run(['e2fsck', '-fy', img], 'img-words', write=[img],
+                    ok_codes=(0, 1, 2))
