@@ -213,11 +213,6 @@ def _fuse(disk, fmt, timeout, backing=None, image=None, lim=None):
     utils.fdatasync(disk)
 
 
-def _qemu_opt(value):
-    # QEMU's option syntax escapes a comma by doubling it.
-    return value.replace(',', ',,')
-
-
 def _free_nbd_devices():
     for sysdir in sorted(glob.glob('/sys/block/nbd*'),
                          key=lambda p: int(p[len('/sys/block/nbd'):])):

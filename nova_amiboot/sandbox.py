@@ -35,7 +35,6 @@ few milliseconds, and rlimits hold for every process of the tool.
 """
 
 import collections
-import contextlib
 import errno
 import fcntl
 import json
@@ -616,8 +615,6 @@ def _wait(proc, timeout):
 
 # --- a qcow2 (or raw) disk served inside a sandbox -------------------------
 
-_QCOW2_MAGIC = b'QFI\xfb'
-_BASE_NAME = re.compile(r'[0-9a-f]{40}')
 _SESSION_SCRIPT = r'''
 : > /tmp/disk || exit 1
 qemu-storage-daemon "$@" --pidfile /tmp/qsd.pid --daemonize || exit 1
@@ -630,48 +627,6 @@ while kill -0 "$(cat /tmp/qsd.pid)" 2>/dev/null && [ $i -lt 3000 ]; do
 done
 '''
 MOUNT = '/tmp/disk'
-
-
-def backing_of(disk, fmt):
-    """The raw base named by our own qcow2 overlay ``disk``, or None.
-
-    Read here from the header (a few fixed fields); it must be a base of
-    the same instances path (``<instances>/<base dir>/<sha1>``) and the
-    disk may have no external data file. The daemon is given it
-    explicitly: it never opens what a header names.
-    """
-    if fmt != 'qcow2':
-        return None
-    with open(disk, 'rb') as f:
-        head = f.read(104)
-        if len(head) < 72 or head[:4] != _QCOW2_MAGIC:
-            raise ValueError("%s is not a qcow2 disk" % disk)
-        version = int.from_bytes(head[4:8], 'big')
-        offset = int.from_bytes(head[8:16], 'big')
-        size = int.from_bytes(head[16:20], 'big')
-        if version >= 3 and len(head) >= 80 and \
-                int.from_bytes(head[72:80], 'big') & 4:
-            raise ValueError("%s has an external data file" % disk)
-        if not offset:
-            return None
-        if size > 1023:
-            raise ValueError("%s: backing file name too long" % disk)
-        f.seek(offset)
-        name = f.read(size).decode('utf-8', 'strict')
-    path = os.path.normpath(os.path.join(os.path.dirname(disk), name))
-    try:
-        st = os.lstat(path)
-        parent = os.stat(os.path.dirname(path))
-    except OSError as e:
-        raise ValueError("%s: backing file %s: %s" % (disk, name, e.strerror))
-    # A cached base: named by a sha1, reached without links, a regular
-    # file in a directory only its owner writes.
-    if not _BASE_NAME.fullmatch(os.path.basename(path)) or \
-            os.path.realpath(path) != path or not stat.S_ISREG(st.st_mode) \
-            or parent.st_mode & 0o022:
-        raise ValueError("%s: backing file %s is not a cached base"
-                         % (disk, name))
-    return path
 
 
 class Session(object):
@@ -834,9 +789,3 @@ class Session(object):
 
     def __exit__(self, *exc):
         self._stop()
-
-
-@contextlib.contextmanager
-def session(disk, fmt, image, lim, attach_timeout=30, backing=None):
-    with Session(disk, fmt, image, lim, attach_timeout, backing) as s:
-        yield s

@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import threading
 import uuid
 
 from nova_amiboot import exception
@@ -242,9 +243,25 @@ class TestWhatToolsLeave(base.RealToolsTestCase):
             def fail(reason):
                 why.append(reason)
                 raise RuntimeError(reason)
-            # Would block forever in open() on a fifo without O_NONBLOCK.
-            with self.assertRaises(RuntimeError):
-                diskimage._place(src, top, '', 'f-' + kind, 0o644, 10, fail)
+            # Would block forever in open() on a fifo without O_NONBLOCK:
+            # run aside, so that a hang is a failure, not a stuck suite.
+            raised = []
+
+            def place(src=src, kind=kind):
+                try:
+                    diskimage._place(src, top, '', 'f-' + kind, 0o644, 10,
+                                     fail)
+                except RuntimeError as e:
+                    raised.append(e)
+            t = threading.Thread(target=place, daemon=True)
+            t.start()
+            t.join(10)
+            if t.is_alive():
+                if kind == 'fifo':
+                    # Unblock the open (a writer end) before failing.
+                    os.close(os.open(src, os.O_WRONLY | os.O_NONBLOCK))
+                self.fail("_place waited on a %s" % kind)
+            self.assertEqual(1, len(raised), kind)
             self.assertFalse(os.path.exists(os.path.join(top, 'f-' + kind)))
         self.assertEqual(2, len(why))
 
