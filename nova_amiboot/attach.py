@@ -24,7 +24,7 @@ from oslo_log import log as logging
 
 from nova_amiboot import disk as disk_mod
 from nova_amiboot import exception
-from nova_amiboot.privileged import e2fs
+from nova_amiboot import e2fs
 from nova_amiboot.privileged import nbd as priv_nbd
 from nova_amiboot import sandbox
 from nova_amiboot import utils

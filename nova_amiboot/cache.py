@@ -70,7 +70,7 @@ class CachedImage:
 class ImageCache(object):
 
     def __init__(self, instances_path, source, conf, progress=None,
-                 base_dir_name='_base'):
+                 base_dir_name='_base', min_age=86400):
         self.instances_path = instances_path
         # nova's [image_cache] subdirectory_name in the nova adapter.
         self.base_dir_name = base_dir_name
@@ -78,6 +78,8 @@ class ImageCache(object):
         self.lock_path = os.path.join(instances_path, 'locks')
         self.source = source
         self.conf = conf
+        # clean(): a base unused this long (seconds) goes.
+        self.min_age = min_age
         # progress(label, done, total): bytes fetched; total None when
         # unknown. Conversions report (label, 0, None) when they start.
         self.progress = progress
@@ -411,7 +413,7 @@ class ImageCache(object):
         lock is free has no writer (a live fetch holds that lock).
         """
         if min_age is None:
-            min_age = self.conf.amiboot.image_cache_min_age_seconds
+            min_age = self.min_age
         removed = []
         for name in sorted(os.listdir(self.base_dir)):
             if '.part' in name:

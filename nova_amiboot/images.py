@@ -1,20 +1,15 @@
-"""Where images come from: one interface, a local store behind it.
+"""Where images come from: one interface for the core.
 
 The cache asks an ImageSource for an image's metadata (what Glance records)
-and its bytes. The ``amiboot`` command uses LocalImageStore; the nova adapter
-wraps nova's Glance client in the same interface.
+and its bytes. The ``amiboot`` command serves it from its local store
+(``nova_amiboot.local.store``); the nova adapter wraps nova's Glance client
+in the same interface (``nova_amiboot.virt.glance``).
 """
 
 import abc
 import dataclasses
-import hashlib
-import json
-import os
-import uuid
 
 from oslo_log import log as logging
-
-from nova_amiboot import exception
 
 LOG = logging.getLogger(__name__)
 
@@ -54,98 +49,3 @@ class ImageSource(abc.ABC):
     @abc.abstractmethod
     def download(self, image_id, fileobj):
         """Write the image's bytes to ``fileobj`` (it has ``write``)."""
-
-
-def _file_hashes(path, algo='sha512'):
-    md5, multi, size = hashlib.md5(usedforsecurity=False), \
-        hashlib.new(algo), 0
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(CHUNK), b''):
-            md5.update(chunk)
-            multi.update(chunk)
-            size += len(chunk)
-    return size, md5.hexdigest(), multi.hexdigest()
-
-
-def _copy(src, dst, progress, label):
-    total = os.path.getsize(src)
-    done = 0
-    with open(src, 'rb') as fin, open(dst, 'wb') as fout:
-        for chunk in iter(lambda: fin.read(CHUNK), b''):
-            fout.write(chunk)
-            done += len(chunk)
-            if progress:
-                progress(label, done, total)
-
-
-class LocalImageStore(ImageSource):
-    """Images as files under one directory, with Glance-like metadata.
-
-    ``<dir>/<id>`` holds the bytes, ``<dir>/<id>.json`` the metadata; the
-    JSON is written last, so an image without it is incomplete.
-    """
-
-    name = 'the local image store'
-
-    def __init__(self, path):
-        self.path = path
-        os.makedirs(path, mode=0o755, exist_ok=True)
-
-    def _meta_path(self, image_id):
-        if os.sep in image_id or image_id.startswith('.'):
-            raise exception.ImageNotFound(image=image_id, source=self.name)
-        return os.path.join(self.path, image_id + '.json')
-
-    def get_meta(self, image_id):
-        try:
-            with open(self._meta_path(image_id)) as f:
-                return ImageMeta(**json.load(f))
-        except FileNotFoundError:
-            raise exception.ImageNotFound(image=image_id, source=self.name)
-
-    def download(self, image_id, fileobj):
-        self.get_meta(image_id)
-        with open(os.path.join(self.path, image_id), 'rb') as f:
-            for chunk in iter(lambda: f.read(CHUNK), b''):
-                fileobj.write(chunk)
-
-    def list(self):
-        return sorted((self.get_meta(n[:-5]) for n in os.listdir(self.path)
-                       if n.endswith('.json')), key=lambda m: m.name)
-
-    def add(self, name, src, disk_format, properties=None, image_id=None,
-            progress=None):
-        """Copy ``src`` in and record its metadata; return ImageMeta.
-
-        Checks (format safety) belong to the caller, before this is called.
-        ``progress(label, done, total)`` is called as bytes are copied.
-        """
-        image_id = image_id or str(uuid.uuid4())
-        container = disk_format if disk_format in ('ami', 'aki',
-                                                   'ari') else 'bare'
-        dst = os.path.join(self.path, image_id)
-        tmp = dst + '.part'
-        try:
-            _copy(src, tmp, progress, 'importing %s' % name)
-            size, md5, sha512 = _file_hashes(tmp)
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        meta = ImageMeta(id=image_id, name=name, disk_format=disk_format,
-                         container_format=container, size=size,
-                         checksum=md5, os_hash_algo='sha512',
-                         os_hash_value=sha512,
-                         properties=dict(properties or {}))
-        self.save_meta(meta)
-        return meta
-
-    def save_meta(self, meta):
-        path = self._meta_path(meta.id)
-        with open(path + '.part', 'w') as f:
-            json.dump(dataclasses.asdict(meta), f, indent=1, sort_keys=True)
-        os.replace(path + '.part', path)
-
-    def delete(self, image_id):
-        os.unlink(self._meta_path(image_id))
-        os.unlink(os.path.join(self.path, image_id))

@@ -2,7 +2,7 @@
 
 The guest image is untrusted: it is never mounted in the host kernel, and
 paths resolve inside the image only. Every path is absolute, normalised and
-plain (the grammar of nova_amiboot.privileged.e2fs: no '..', whitespace,
+plain (the grammar of nova_amiboot.e2fs: no '..', whitespace,
 quotes or control characters: OSSA-2012-008), and every existing
 component on the way to the target must be a real directory (the target a
 regular file): a symlink anywhere (for example /root/.ssh -> /etc) is
@@ -33,7 +33,7 @@ import subprocess
 from oslo_log import log as logging
 
 from nova_amiboot import exception
-from nova_amiboot.privileged import e2fs
+from nova_amiboot import e2fs
 
 LOG = logging.getLogger(__name__)
 

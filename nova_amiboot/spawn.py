@@ -64,6 +64,19 @@ class InstanceRequest:
     domain_name: str = None
 
 
+@dataclasses.dataclass(frozen=True)
+class BootSettings:
+    """What a front end decides for its boots, beside the request.
+
+    The ``amiboot`` command takes them from its own [local] group; nova
+    builds its domains itself and never reads them.
+    """
+    virt_type: str = 'kvm'
+    default_cmdline: str = 'root=/dev/vda console=tty0 console=ttyS0'
+    disk_mode: str = 'overlay'
+    vnc: bool = False
+
+
 @dataclasses.dataclass
 class Prepared:
     instance_dir: str
@@ -252,17 +265,17 @@ def base_lock(cache, root):
 def make_disk(conf, cache, req, root, facts, path, size=None, mode=None):
     """Create the instance disk; return (format, template facts or None).
 
-    ``size``: bytes (default: the flavor's root disk); ``mode``: overlay or
-    copy (default ``[amiboot] disk_mode``; nova's Qcow2 backend always
-    asks for an overlay). A grown template is used for ext2/3/4 overlays
-    that are to be grown, of a size of whole GiB, in overlay disk mode;
-    otherwise (or where the base cannot carry an identity) the disk is a
+    ``size``: bytes (default: the flavor's root disk); ``mode``: overlay
+    (the default, and what nova's Qcow2 backend asks for) or copy (the
+    amiboot command's ``[local] disk_mode = copy``). A grown template is
+    used for ext2/3/4 overlays that are to be grown, of a size of whole
+    GiB; otherwise (or where the base cannot carry an identity) the disk is a
     plain overlay or copy that customise() grows.
     """
     size = size or req.flavor.root_gb * GiB
-    mode = mode or conf.amiboot.disk_mode
-    if mode == 'overlay' and conf.amiboot.disk_mode == 'overlay' and \
-            size % GiB == 0 and conf.amiboot.grow_filesystem and \
+    mode = mode or 'overlay'
+    if mode == 'overlay' and size % GiB == 0 and \
+            conf.amiboot.grow_filesystem and \
             facts['fstype'] in grow.EXT_TYPES:
         # The base stays while a template of it is built.
         lock = functools.partial(base_lock, cache, root)
@@ -344,26 +357,31 @@ def prepare_disk(conf, cache, req, root, path, size=None, mode=None,
 
 
 def prepare(conf, cache, req, virt_type=None, attach_method=None,
-            owner=None):
+            owner=None, settings=None):
     """Prepare instance ``req`` under the cache's instances dir.
 
-    ``owner``: the domain.Owner mark the domain XML carries.
+    ``owner``: the domain.Owner mark the domain XML carries; ``settings``:
+    the front end's BootSettings (``virt_type``, when given, wins over
+    theirs).
     """
+    settings = settings or BootSettings()
+    if virt_type:
+        settings = dataclasses.replace(settings, virt_type=virt_type)
     timings = {}
     t0 = time.monotonic()
     ami = cache.source.get_meta(req.image_id)
     cmdline = domain.build_cmdline(
-        conf.amiboot.default_cmdline, ami.properties.get('os_command_line'),
+        settings.default_cmdline, ami.properties.get('os_command_line'),
         req.boot_params, conf.amiboot.allowed_boot_params,
         instance=req.name, image=req.image_id)
     # Pinned until the disk and the links mark the bases as used: a cache
     # clean-up running meanwhile must not take them.
     with cache.pinning():
-        return _prepare(conf, cache, req, cmdline, virt_type, attach_method,
+        return _prepare(conf, cache, req, cmdline, settings, attach_method,
                         timings, t0, owner)
 
 
-def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
+def _prepare(conf, cache, req, cmdline, settings, attach_method, timings,
              t0, owner):
     _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id,
                                                 req.flavor, req.name)
@@ -384,6 +402,7 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
     try:
         disk = os.path.join(idir, 'disk')
         made = prepare_disk(conf, cache, req, root, disk,
+                            mode=settings.disk_mode,
                             attach_method=attach_method, timings=timings)
         fmt, grown = made.format, made.grown
         for copy in copies:
@@ -396,8 +415,8 @@ def _prepare(conf, cache, req, cmdline, virt_type, attach_method, timings,
             cmdline=cmdline, disk_path=disk, disk_format=fmt,
             console_log=log,
             backing_file=root.path if fmt == 'qcow2' else None,
-            virt_type=virt_type or conf.amiboot.virt_type,
-            network=req.network, vnc=conf.amiboot.enable_vnc,
+            virt_type=settings.virt_type,
+            network=req.network, vnc=settings.vnc,
             metadata={'image': req.image_id, 'flavor': req.flavor.name},
             owner=owner)
         xml = domain.build_domain_xml(spec)

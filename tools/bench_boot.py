@@ -37,7 +37,7 @@ def boot_to_guest(testbed, timeout=600):
     state = tempfile.mkdtemp(prefix='amiboot-bench-boot-', dir='/var/tmp')
     config = os.path.join(state, 'amiboot.conf')
     with open(config, 'w') as f:
-        f.write('[amiboot]\nvirt_type = qemu\n')
+        f.write('[local]\nvirt_type = qemu\n')
     name = 'bench-%s' % uuid.uuid4().hex[:6]
     base = [amiboot_cmd(), '--state-dir', state, '--config-file', config]
     # Lookups of the domain fail until the command defines it: quietly.

@@ -12,7 +12,7 @@ import time
 import uuid
 
 from nova_amiboot import cache as cache_mod
-from nova_amiboot import images
+from nova_amiboot.local import store
 from nova_amiboot import spawn
 
 BENCH_CACHE = '/var/cache/nova-amiboot/bench'
@@ -80,7 +80,7 @@ def ami_of_size(total_mb):
     return bench_ami(max(8, int((total_mb - 16) / 1.07)))
 
 
-class CountingStore(images.LocalImageStore):
+class CountingStore(store.LocalImageStore):
     """A local store that counts downloads in a file (across processes)."""
 
     def download(self, image_id, fileobj):

@@ -1,4 +1,9 @@
-"""Options of the [amiboot] group, shared by the nova adapter and the CLI."""
+"""Options of the [amiboot] group: what acts in nova and in the command.
+
+Options that only the ``amiboot`` command reads are in its own group
+(``nova_amiboot.conf.local``), registered by the command: nova's sample
+configuration shows only what acts in nova.
+"""
 
 from oslo_config import cfg
 
@@ -31,24 +36,9 @@ image. Crafted images have made qemu-img spin (CVE-2015-5162).
 Address-space limit, in MiB, for each ``qemu-img info`` run on an untrusted
 image.
 """),
-    cfg.IntOpt('image_cache_min_age_seconds',
-               default=86400, min=0,
-               help="""
-A cached base file that no instance uses is removed by the cache clean-up
-only when it has not been used for at least this many seconds.
-"""),
 ]
 
 disk_opts = [
-    cfg.StrOpt('disk_mode',
-               default='overlay',
-               choices=[('overlay', 'qcow2 overlay backed by the raw base; '
-                         'nothing is copied'),
-                        ('copy', 'full raw copy of the base per instance, '
-                         'like nova\'s Flat backend')],
-               help="""
-How the instance root disk is made from the cached AMI base.
-"""),
     cfg.IntOpt('overlay_cluster_size',
                default=16384,
                choices=[2 ** n for n in range(12, 22)],
@@ -153,11 +143,6 @@ Write the instance's hostname into /etc/hostname.
 ]
 
 boot_opts = [
-    cfg.StrOpt('default_cmdline',
-               default='root=/dev/vda console=tty0 console=ttyS0',
-               help="""
-Kernel command line used when the AMI has no ``os_command_line`` property.
-"""),
     cfg.ListOpt('allowed_boot_params',
                 default=['quiet', 'debug', 'loglevel', 'console',
                          'earlyprintk', 'panic', 'ignore_loglevel',
@@ -172,49 +157,10 @@ metadata, user data or the CLI). Shell-style patterns are allowed
 error naming it; ``init=``, ``rdinit=`` and ``rd.break`` are never in the
 default list because they hand the guest's first process to the requester.
 """),
-    cfg.BoolOpt('enable_vnc',
-                default=False,
-                help="""
-Give the guest a VNC display listening on 127.0.0.1.
-"""),
-    cfg.StrOpt('virt_type',
-               default='auto',
-               choices=[('auto', 'kvm when libvirt offers it and a kernel '
-                         'really boots under it (tested once per host, '
-                         'remembered in the state dir), qemu otherwise'),
-                        ('kvm', 'hardware virtualisation'),
-                        ('qemu', 'software emulation (TCG)')],
-               help="""
-Libvirt domain type used by the ``amiboot`` command. ``qemu`` is software
-emulation (TCG) for hosts without usable hardware virtualisation.
-``amiboot doctor`` shows what ``auto`` picks and why.
-"""),
 ]
 
-cli_opts = [
-    cfg.ListOpt('flavors',
-                default=[],
-                item_type=cfg.types.String(),
-                help="""
-Flavors of the ``amiboot`` command besides the built-in m1.tiny to m1.large,
-each ``NAME:ROOT_GB:MEMORY_MB:VCPUS`` (for example ``lab.big:40:4096:2``).
-A flavor here replaces a built-in one of the same name.
-"""),
-    cfg.StrOpt('ready_pattern',
-               default=r'login: |AMIBOOT-REPORT-END',
-               help="""
-Regular expression that ``amiboot boot --wait`` looks for on the serial
-console to call a guest up. The default matches a getty login prompt and the
-report line of the project's test images.
-"""),
-    cfg.IntOpt('boot_timeout',
-               default=300, min=1,
-               help="""
-Seconds ``amiboot boot --wait`` waits for the ready pattern.
-"""),
-]
 
-ALL_OPTS = cache_opts + disk_opts + inject_opts + boot_opts + cli_opts
+ALL_OPTS = cache_opts + disk_opts + inject_opts + boot_opts
 
 
 def register_opts(conf):

@@ -12,7 +12,7 @@ from oslo_privsep import capabilities as caps
 from oslo_privsep import priv_context
 
 nbd_pctxt = priv_context.PrivContext(
-    'nova_amiboot',
+    __name__,
     cfg_section='nova_amiboot_privileged',
     pypath=__name__ + '.nbd_pctxt',
     # SYS_ADMIN for the nbd ioctls; DAC_OVERRIDE to open /dev/nbdN (root
@@ -24,7 +24,7 @@ nbd_pctxt = priv_context.PrivContext(
 )
 
 net_pctxt = priv_context.PrivContext(
-    'nova_amiboot',
+    __name__,
     cfg_section='nova_amiboot_privileged_net',
     pypath=__name__ + '.net_pctxt',
     # Bridges and taps only.

@@ -11,7 +11,7 @@ These run in the privsep daemon and trust nothing from the caller:
   that open file; a qcow2 disk's backing file is pinned to a raw base in
   ``<instances>/_base``, checked the same way, and may have no data file;
 - e2fsprogs get options from a fixed table and debugfs a script built here
-  from structured requests (nova_amiboot.privileged.e2fs).
+  from structured requests (nova_amiboot.e2fs).
 """
 
 import json
@@ -25,7 +25,7 @@ from oslo_concurrency import processutils
 
 from nova_amiboot import exception
 import nova_amiboot.privileged
-from nova_amiboot.privileged import e2fs
+from nova_amiboot import e2fs
 from nova_amiboot import sandbox
 
 _DEVICE = re.compile(r'/dev/nbd[0-9]{1,4}')

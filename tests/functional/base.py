@@ -11,7 +11,7 @@ from oslo_config import cfg
 
 from nova_amiboot import cache as cache_mod
 from nova_amiboot.conf import amiboot as amiboot_conf
-from nova_amiboot import images
+from nova_amiboot.local import store
 from nova_amiboot import sandbox
 from tests.testbed import build
 
@@ -103,7 +103,7 @@ class RealToolsTestCase(unittest.TestCase):
                                           dir='/var/tmp')
         os.chmod(self.instances, 0o755)
         self.addCleanup(shutil.rmtree, self.instances, True)
-        self.store = images.LocalImageStore(
+        self.store = store.LocalImageStore(
             os.path.join(self.instances, 'store'))
         self.conf = make_conf()
         # Other test runs share this host: only what appeared during this

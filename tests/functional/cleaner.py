@@ -11,13 +11,13 @@ import sys
 import time
 
 from nova_amiboot import cache as cache_mod
-from nova_amiboot import images
+from nova_amiboot.local import store as local_store
 from tests.functional import base
 
 
 def main(argv):
     instances, store, stop, log = argv[:4]
-    cache = cache_mod.ImageCache(instances, images.LocalImageStore(store),
+    cache = cache_mod.ImageCache(instances, local_store.LocalImageStore(store),
                                  base.make_conf())
     passes = 0
     with open(log, 'a') as f:

@@ -12,14 +12,14 @@ import sys
 
 from nova_amiboot import cache as cache_mod
 from nova_amiboot import exception
-from nova_amiboot import images
+from nova_amiboot.local import store
 from nova_amiboot import spawn
 from tests.functional import base
 
 KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFault fault@amiboot'
 
 
-class LoggingStore(images.LocalImageStore):
+class LoggingStore(store.LocalImageStore):
 
     def download(self, image_id, fileobj):
         log = os.environ.get('AMIBOOT_DOWNLOAD_LOG')

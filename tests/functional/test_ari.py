@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 import unittest
 
-from nova_amiboot import ari
+from nova_amiboot.imagetools import ari
 from nova_amiboot import exception
 from tests.testbed import build
 
@@ -86,7 +86,7 @@ class TestARIBuilder(unittest.TestCase):
 
     def test_command_line(self):
         out = self.tmp + '/cli.img'
-        from nova_amiboot.cmd import build_ari
+        from nova_amiboot.cli import build_ari
         self.assertEqual(0, build_ari.main(['--modules-dir', self.mdir,
                                             '--module', 'virtio_blk', out]))
         listing = subprocess.run(

@@ -8,11 +8,11 @@ import threading
 
 from nova_amiboot import cache as cache_mod
 from nova_amiboot import exception
-from nova_amiboot import images
+from nova_amiboot.local import store
 from tests.functional import base
 
 
-class CountingStore(images.LocalImageStore):
+class CountingStore(store.LocalImageStore):
     """The real store, counting downloads in a file (works across forks)."""
 
     def download(self, image_id, fileobj):

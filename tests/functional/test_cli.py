@@ -10,7 +10,7 @@ import time
 import uuid
 
 from nova_amiboot import guest
-from nova_amiboot import hostcheck
+from nova_amiboot.local import hostcheck
 from tests.functional import base
 from tests.testbed import report
 
@@ -25,7 +25,7 @@ class CliTestCase(base.RealToolsTestCase):
         os.makedirs(self.state)
         self.config = self.scratch('amiboot.conf')
         with open(self.config, 'w') as f:
-            f.write('[amiboot]\nvirt_type = qemu\n'
+            f.write('[local]\nvirt_type = qemu\n'
                     'flavors = lab.small:2:256:1\n')
         self.host = guest.Host()
         self.addCleanup(self.host.close)
@@ -296,9 +296,15 @@ class TestCommandLine(CliTestCase):
     def test_every_option_has_help(self):
         import argparse
 
-        from nova_amiboot.cmd import amiboot as cli
+        from nova_amiboot.cli import app as cli
         app = cli.AmibootApp()
-        for name, cls in cli.COMMANDS.items():
+        names = [n for n, _ in app.command_manager]
+        # Every resource's commands, and today's verbs as aliases.
+        for want in ('server create', 'server list', 'boot', 'list',
+                     'image list', 'cache clean', 'flavor list', 'doctor'):
+            self.assertIn(want, names)
+        for name, ep in app.command_manager:
+            cls = ep.load()
             parser = cls(app, None).get_parser('amiboot ' + name)
             for action in parser._actions:
                 if isinstance(action, argparse._HelpAction):
@@ -338,7 +344,7 @@ class TestCommandLine(CliTestCase):
 
     def test_virt_type_auto_follows_the_kvm_verdict(self):
         with open(self.config, 'w') as f:
-            f.write('[amiboot]\nvirt_type = auto\n')
+            f.write('[local]\nvirt_type = auto\n')
         self.import_testbed()
         kvm = {r['check']: r for r in self.json(
             'doctor', '--kernel', self.testbed['kernel'])}['KVM']

@@ -232,16 +232,16 @@ class TestHostileBootParameters(OwnerTestCase):
 
 
 class TestLocalCloudVirtType(ScopedLeakCheck, base.RealToolsTestCase):
-    """[amiboot] virt_type = auto outside the command line."""
+    """[local] virt_type = auto outside the command line."""
 
     def test_boot_decides_auto(self):
-        from nova_amiboot import embedded
-        from nova_amiboot import hostcheck
+        from nova_amiboot.local import cloud as local_cloud
+        from nova_amiboot.local import hostcheck
         from nova_amiboot import spawn
 
-        self.conf.set_override('virt_type', 'auto', 'amiboot')
         state = self.scratch('state-auto')
-        cloud = embedded.LocalCloud(self.conf, state)
+        cloud = local_cloud.LocalCloud(self.conf, state)
+        self.conf.set_override('virt_type', 'auto', 'local')
         self.addCleanup(cloud.close)
         tb = self.testbed
         cloud.import_triplet('tb', tb['kernel'], tb['ramdisk'], tb['root'])
@@ -253,6 +253,6 @@ class TestLocalCloudVirtType(ScopedLeakCheck, base.RealToolsTestCase):
                               cloud.find_image('tb').kernel_id)
         want = hostcheck.choose_virt_type('auto', cloud.host.conn, kernel,
                                           state)[0]
-        dom = cloud.host.lookup(embedded.DOMAIN_PREFIX + inst.name)
+        dom = cloud.host.lookup(local_cloud.DOMAIN_PREFIX + inst.name)
         self.assertIn(want, ('kvm', 'qemu'))
         self.assertIn("<domain type='%s'" % want, dom.XMLDesc(0))

@@ -502,7 +502,7 @@ class TestPartAgeing(FaultTestCase):
                  'from tests.functional import cleaner; '
                  'from nova_amiboot import cache, images; '
                  'from tests.functional import base; '
-                 'print(cache.ImageCache(sys.argv[1], images.LocalImageStore('
+                 'print(cache.ImageCache(sys.argv[1], store.LocalImageStore('
                  'sys.argv[2]), base.make_conf()).clean(min_age=3600))',
                  inst, self.store.path], cwd=TOP, env=hooked_env(),
                 capture_output=True, text=True, check=True).stdout

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 
-from nova_amiboot import ari
+from nova_amiboot.imagetools import ari
 from tests.functional import test_cli
 
 MiB = 1024 * 1024

@@ -5,7 +5,8 @@ import subprocess
 import unittest
 import uuid
 
-from nova_amiboot import embedded
+from nova_amiboot.local import cloud as local_cloud
+from nova_amiboot.local import network as local_network
 from nova_amiboot import exception
 from nova_amiboot import privileged
 from nova_amiboot.privileged import net as priv_net
@@ -67,8 +68,8 @@ class TestCloudBridgeNetwork(base.RealToolsTestCase):
         self.addCleanup(subprocess.run, ['ip', 'netns', 'del', self.ns])
 
     def test_instance_network_spec(self):
-        cloud = embedded.LocalCloud(self.conf, self.scratch('state'),
-                                    netns=self.ns)
+        cloud = local_cloud.LocalCloud(self.conf, self.scratch('state'),
+                                       netns=self.ns)
         self.addCleanup(cloud.close)
         inst_uuid = str(uuid.uuid4())
         taps = []
@@ -83,8 +84,8 @@ class TestCloudBridgeNetwork(base.RealToolsTestCase):
         self.assertEqual(((record['ssh_port'], 22),), net.hostfwd)
         for bad in ('wifi', 'bridge:', 'bridge:br0\n', 'bridge:a b',
                     'user\n', 'bridge:' + 'x' * 16):
-            self.assertRaises(exception.InvalidInput, embedded.parse_network,
-                              bad)
+            self.assertRaises(exception.InvalidInput,
+                              local_network.parse_network, bad)
             self.assertRaises(exception.InvalidInput, cloud._network, bad,
                               inst_uuid, taps)
         self.assertEqual([tap], taps)

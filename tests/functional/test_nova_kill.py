@@ -43,7 +43,6 @@ def child(instances, store, image_id, inst_uuid):
     from oslo_utils import fileutils
 
     from nova_amiboot import exception
-    from nova_amiboot import images
     from nova_amiboot import privileged
     from nova_amiboot.virt import imagebackend
 
@@ -56,7 +55,7 @@ def child(instances, store, image_id, inst_uuid):
                 privileged.net_pctxt):
         ctx.set_client_mode(False)
     objects.register_all()
-    local = images.LocalImageStore(store)
+    local = store.LocalImageStore(store)
     meta = local.get_meta(image_id)
 
     def image_cache(context, trusted_certs=None):

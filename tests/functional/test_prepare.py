@@ -263,9 +263,9 @@ class TestPrepare(base.RealToolsTestCase):
                               self.request(image.id))
 
     def test_copy_mode_for_parity(self):
-        self.conf.set_override('disk_mode', 'copy', 'amiboot')
         ami, _a, _r = self.add_triplet()
-        p = self.prepare(self.request(ami.id, root_gb=1))
+        p = self.prepare(self.request(ami.id, root_gb=1),
+                         settings=spawn.BootSettings(disk_mode='copy'))
         self.assertEqual('raw', p.disk_format)
         self.assertEqual(GiB, os.path.getsize(p.disk))
         with self.guest(p) as tg:

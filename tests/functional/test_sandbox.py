@@ -229,7 +229,7 @@ class TestWhatToolsLeave(base.RealToolsTestCase):
     """Root never trusts what a sandboxed tool left or was handed."""
 
     def test_fifo_or_link_in_a_dump_dir_is_refused_not_waited_on(self):
-        from nova_amiboot import diskimage
+        from nova_amiboot.imagetools import diskimage
         top = self.scratch('top')
         os.mkdir(top)
         why = []

@@ -18,7 +18,7 @@ import tempfile
 
 from oslo_concurrency import lockutils
 
-from nova_amiboot import ari
+from nova_amiboot.imagetools import ari
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.environ.get('AMIBOOT_TESTBED_CACHE',

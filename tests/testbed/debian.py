@@ -15,7 +15,7 @@ import tempfile
 
 from oslo_concurrency import lockutils
 
-from nova_amiboot import ami
+from nova_amiboot.imagetools import ami
 from tests.testbed import build
 
 MIRROR = os.environ.get('AMIBOOT_DEBIAN_MIRROR',

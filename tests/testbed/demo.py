@@ -37,7 +37,7 @@ def main():
     info = build.build()
     os.makedirs(STATE, exist_ok=True)
     with open(os.path.join(STATE, 'amiboot.conf'), 'w') as f:
-        f.write('[amiboot]\nvirt_type = %s\n' % VIRT_TYPE)
+        f.write('[local]\nvirt_type = %s\n' % VIRT_TYPE)
     key = os.path.join(STATE, 'demo_key')
     if not os.path.exists(key):
         subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C',

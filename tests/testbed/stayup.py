@@ -19,7 +19,7 @@ import tempfile
 
 from oslo_concurrency import lockutils
 
-from nova_amiboot import ari
+from nova_amiboot.imagetools import ari
 from tests.testbed import build
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -3,14 +3,14 @@
 import io
 import unittest
 
-from nova_amiboot.cmd import amiboot
+from nova_amiboot.cli import common
 
 
 class TestTransferBar(unittest.TestCase):
 
     def test_bar_draws_and_closes(self):
         out = io.StringIO()
-        bar = amiboot.TransferBar(out)
+        bar = common.TransferBar(out)
         bar('fetching x', 50 * 1024, 100 * 1024)
         bar('fetching x', 100 * 1024, 100 * 1024)
         bar('converting x to raw', 0, None)
@@ -24,12 +24,18 @@ class TestTransferBar(unittest.TestCase):
         self.assertIsNone(bar.bar)
 
 
-class TestFlat(unittest.TestCase):
+class TestColumns(unittest.TestCase):
+    """Nested values: JSON text in a table, the structure with -f json."""
 
     def test_nested_values_for_tables(self):
-        self.assertEqual('{"kind": "user"}',
-                         amiboot._flat({'kind': 'user'}, 'table'))
-        self.assertEqual({'kind': 'user'},
-                         amiboot._flat({'kind': 'user'}, 'json'))
-        self.assertEqual('a b', amiboot._flat(['a', 'b'], 'value'))
-        self.assertEqual(3, amiboot._flat(3, 'table'))
+        col = common.column({'kind': 'user'})
+        self.assertEqual('{"kind": "user"}', col.human_readable())
+        self.assertEqual({'kind': 'user'}, col.machine_readable())
+        # A list of words keeps its order (a module load order).
+        words = common.column(['virtio_pci', 'virtio_blk'])
+        self.assertEqual('virtio_pci virtio_blk', words.human_readable())
+        self.assertEqual(['virtio_pci', 'virtio_blk'],
+                         words.machine_readable())
+        self.assertEqual(3, common.column(3))
+        self.assertEqual('[{"a": 1}]',
+                         common.column([{'a': 1}]).human_readable())

@@ -13,7 +13,7 @@ from oslo_concurrency import processutils
 
 from nova_amiboot import attach
 from nova_amiboot import exception
-from nova_amiboot.privileged import e2fs
+from nova_amiboot import e2fs
 from nova_amiboot.privileged import nbd as priv_nbd
 from tests.functional.base import make_conf
 

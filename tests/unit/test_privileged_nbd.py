@@ -22,7 +22,7 @@ from unittest import mock
 from nova_amiboot import attach
 from nova_amiboot import exception
 from nova_amiboot import privileged
-from nova_amiboot.privileged import e2fs
+from nova_amiboot import e2fs
 from nova_amiboot.privileged import nbd
 
 UUID = '0b6e6ad1-6d3c-4b0e-9a36-0d5c1c3b2f11'

@@ -189,14 +189,14 @@ def kvm_usable(conn, kernel, state_dir=None):
 
 
 def choose_virt_type(wanted, conn, kernel, state_dir=None):
-    """('kvm'|'qemu', why) for [amiboot] virt_type ``wanted``."""
+    """('kvm'|'qemu', why) for [local] virt_type ``wanted``."""
     if wanted == 'qemu':
         return 'qemu', 'configured'
     types = libvirt_domain_types(conn)
     if wanted == 'kvm':
         if 'kvm' not in types:
             return None, ("virt_type kvm: libvirt offers only %s on this "
-                          "host; set [amiboot] virt_type = qemu or auto"
+                          "host; set [local] virt_type = qemu or auto"
                           % ', '.join(sorted(types)) or 'nothing')
         return 'kvm', 'configured'
     usable, why = kvm_usable(conn, kernel, state_dir)
@@ -245,14 +245,14 @@ def doctor(conf, uri, state_dir, kernel=None):
         checks.append(Check(
             'KVM', 'OK' if usable else 'FAIL', why,
             '' if usable else "guests run with TCG (software emulation); "
-            "[amiboot] virt_type = auto or qemu uses it"))
-        wanted = conf.amiboot.virt_type
+            "[local] virt_type = auto or qemu uses it"))
+        wanted = conf.local.virt_type
         chosen = ('kvm' if usable else 'qemu') if wanted == 'auto' else \
             wanted
         ok = chosen == 'qemu' or usable
         checks.append(Check('virt_type', 'OK' if ok else 'FAIL',
                             '%s -> %s' % (wanted, chosen),
-                            '' if ok else 'set [amiboot] virt_type = auto'))
+                            '' if ok else 'set [local] virt_type = auto'))
     qsd = _tool_version(['qemu-storage-daemon', '--version'],
                         r'version (\S+)')
     fuse = os.path.exists('/dev/fuse') and shutil.which('fusermount3')

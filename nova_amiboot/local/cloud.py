@@ -17,20 +17,23 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 import uuid as uuid_mod
 
 import libvirt
+from lxml import etree
 from oslo_log import log as logging
 
 from nova_amiboot import bootparams
 from nova_amiboot import cache as cache_mod
 from nova_amiboot import domain
+from nova_amiboot.conf import local as local_conf
 from nova_amiboot import exception
 from nova_amiboot import guest
-from nova_amiboot import hostcheck
-from nova_amiboot import images
+from nova_amiboot.local import config
+from nova_amiboot.local import hostcheck
+from nova_amiboot.local import network as network_mod
+from nova_amiboot.local import store
 from nova_amiboot.privileged import nbd as priv_nbd
 from nova_amiboot.privileged import net as priv_net
 from nova_amiboot import safety
@@ -40,93 +43,6 @@ LOG = logging.getLogger(__name__)
 
 RECORD = 'amiboot.json'
 DOMAIN_PREFIX = 'amiboot-'
-# fullmatch: a '$' anchor lets a trailing newline through.
-_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,62}')
-# An SSH public key file is a few lines; refuse anything much larger.
-MAX_KEY_FILE = 64 * 1024
-
-BUILTIN_FLAVORS = {
-    # nova's classic defaults
-    'm1.tiny': spawn.Flavor('m1.tiny', 1, 512, 1),
-    'm1.small': spawn.Flavor('m1.small', 20, 2048, 1),
-    'm1.medium': spawn.Flavor('m1.medium', 40, 4096, 2),
-    'm1.large': spawn.Flavor('m1.large', 80, 8192, 4),
-}
-
-
-def default_state_dir():
-    if os.geteuid() == 0:
-        return '/var/lib/amiboot'
-    data = os.environ.get('XDG_DATA_HOME') or os.path.expanduser(
-        '~/.local/share')
-    return os.path.join(data, 'amiboot')
-
-
-def flavors(conf):
-    result = dict(BUILTIN_FLAVORS)
-    for item in conf.amiboot.flavors:
-        try:
-            name, root_gb, memory_mb, vcpus = item.split(':')
-            result[name] = spawn.Flavor(name, int(root_gb), int(memory_mb),
-                                        int(vcpus))
-        except ValueError:
-            raise exception.InvalidInput(
-                reason="[amiboot] flavors: %r is not NAME:ROOT_GB:MEMORY_MB:"
-                       "VCPUS" % item)
-    return result
-
-
-def free_port():
-    """A free TCP port on 127.0.0.1 for the guest's forwarded SSH."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _check_name(kind, name):
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise exception.InvalidInput(
-            reason="%s name %s: use letters, digits, '.', '_' and '-' "
-                   "(at most 63)" % (kind, domain.shown(name)))
-
-
-def parse_network(spec, instance='?'):
-    """``--network``: ('user'|'none', None) or ('bridge', NAME).
-
-    Checked before any work, so a bad one changes nothing.
-    """
-    if spec in ('user', 'none'):
-        return spec, None
-    if isinstance(spec, str) and spec.startswith('bridge:'):
-        bridge = spec.split(':', 1)[1]
-        try:
-            priv_net.check_name(bridge)
-        except exception.InvalidInterfaceName as e:
-            raise exception.InvalidInput(
-                reason="Instance %s: --network: %s" % (instance, e.message))
-        return 'bridge', bridge
-    raise exception.InvalidInput(
-        reason="Instance %s: --network %s: use user, none or bridge:NAME"
-               % (instance, domain.shown(spec)))
-
-
-def read_key_file(path, instance):
-    """The public key text of ``path``: bounded, UTF-8, or a clear error."""
-    if not os.path.isfile(path):
-        raise exception.InvalidInput(
-            reason="Instance %s: key file %s not found" % (instance, path))
-    with open(path, 'rb') as f:
-        data = f.read(MAX_KEY_FILE + 1)
-    if len(data) > MAX_KEY_FILE:
-        raise exception.InvalidInput(
-            reason="Instance %s: key file %s is over %d bytes"
-                   % (instance, path, MAX_KEY_FILE))
-    try:
-        return data.decode('utf-8').strip()
-    except UnicodeDecodeError:
-        raise exception.InvalidInput(
-            reason="Instance %s: key file %s is not UTF-8 text"
-                   % (instance, path))
 
 
 @dataclasses.dataclass
@@ -150,14 +66,16 @@ class LocalCloud(object):
 
     def __init__(self, conf, state_dir=None, uri='qemu:///system',
                  netns=None, progress=None):
+        # The command's own options ([local]), beside the shared [amiboot].
+        local_conf.register_opts(conf)
         self.conf = conf
-        self.state_dir = state_dir or default_state_dir()
+        self.state_dir = state_dir or config.default_state_dir()
         os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
         # The owner mark names the state directory as the kernel resolves
         # it, so two spellings of one directory are one owner.
         self.state_dir = os.path.realpath(self.state_dir)
-        self.store = images.LocalImageStore(os.path.join(self.state_dir,
-                                                         'images'))
+        self.store = store.LocalImageStore(
+            os.path.join(self.state_dir, 'images'))
         self.instances_path = os.path.join(self.state_dir, 'instances')
         os.makedirs(self.instances_path, mode=0o755, exist_ok=True)
         # In-process only (the command runs as root): the instances path
@@ -167,8 +85,9 @@ class LocalCloud(object):
         for d in (self.state_dir, self.instances_path):
             os.chmod(d, 0o755)
         self.progress = progress
-        self.cache = cache_mod.ImageCache(self.instances_path, self.store,
-                                          conf, progress=progress)
+        self.cache = cache_mod.ImageCache(
+            self.instances_path, self.store, conf, progress=progress,
+            min_age=conf.local.image_cache_min_age_seconds)
         self.host = guest.Host(uri)
         self.netns = netns
 
@@ -191,7 +110,7 @@ class LocalCloud(object):
         All three files are inspected before anything is stored; a refusal
         leaves the store as it was.
         """
-        _check_name('image', name)
+        config.check_name('image', name)
         names = (name, name + '-kernel', name + '-ramdisk')
         for meta in self.store.list():
             if meta.name in names:
@@ -276,6 +195,20 @@ class LocalCloud(object):
         """``inst``'s domain, only with our mark; None if it has none."""
         return self.host.owned(self.owner(inst), inst.name)
 
+    def domain_type(self, inst):
+        """The domain type ``inst`` runs with ('' without our domain).
+
+        Only our own domain (owner mark), never one that shares the name or
+        the uuid.
+        """
+        try:
+            dom = self._domain(inst)
+        except exception.DomainNotOwned:
+            return ''
+        if dom is None:
+            return ''
+        return etree.fromstring(dom.XMLDesc(0).encode()).get('type') or ''
+
     def is_running(self, inst):
         return self.host.is_running_owned(self.owner(inst), inst.name)
 
@@ -312,35 +245,6 @@ class LocalCloud(object):
 
     def console_log(self, inst):
         return os.path.join(self.instances_path, inst.uuid, 'console.log')
-
-    def _network(self, spec, inst_uuid, created):
-        """The guest's network; ``created`` gets the tap we made, if any."""
-        kind, bridge = parse_network(spec)
-        mac = '52:54:00:%02x:%02x:%02x' % tuple(uuid_mod.UUID(
-            inst_uuid).bytes[:3])
-        if kind == 'none':
-            return domain.Network('none'), {'kind': 'none'}
-        if kind == 'user':
-            port = free_port()
-            passt = self._has_passt()
-            return (domain.Network('user', hostfwd=((port, 22),), mac=mac,
-                                   passt=passt),
-                    {'kind': 'user', 'ssh_port': port, 'mac': mac,
-                     'backend': 'passt' if passt else 'slirp'})
-        tap = 'tap' + inst_uuid.replace('-', '')[:11]
-        priv_net.ensure_bridge(bridge, netns=self.netns)
-        if priv_net.add_tap(tap, bridge, netns=self.netns):
-            created.append(tap)
-        return (domain.Network('bridge', bridge=bridge, tap=tap, mac=mac),
-                {'kind': 'bridge', 'bridge': bridge, 'tap': tap,
-                 'mac': mac})
-
-    def _has_passt(self):
-        # libvirt's passt backend (with portForward) came in 9.2; Debian
-        # 12's libvirt 9.0 lacks it, and there QEMU's own user-mode netdev
-        # forwards the port instead.
-        return (self.host.conn.getLibVersion() >= 9002000
-                and shutil.which('passt') is not None)
 
     def _check_flavor(self, name, flavor):
         for field in ('root_gb', 'memory_mb', 'vcpus'):
@@ -381,9 +285,15 @@ class LocalCloud(object):
              user_data=None, network='user', start=True):
         # Every check on input comes first: a refused boot changes nothing
         # (no disk, no tap, no domain).
-        _check_name('instance', name)
-        parse_network(network, name)
+        config.check_name('instance', name)
+        network_mod.parse_network(network, name)
         self._check_flavor(name, flavor)
+        # QEMU's user must reach the state directory: checked before any
+        # disk work, with the fix in the message.
+        check = hostcheck.check_state_dir(self.state_dir)
+        if check.status != 'OK':
+            raise exception.InvalidInput(
+                reason="%s; fix: %s" % (check.detail, check.fix))
         self._reap_interrupted()
         if any(i.name == name for i in self.list_instances()):
             raise exception.InstanceExists(name=name)
@@ -392,25 +302,31 @@ class LocalCloud(object):
             user_data, instance=name)
         # The same check spawn.prepare makes, here before the tap too.
         domain.build_cmdline(
-            self.conf.amiboot.default_cmdline,
+            self.conf.local.default_cmdline,
             meta.properties.get('os_command_line'), params,
             self.conf.amiboot.allowed_boot_params, instance=name,
             image=meta.name)
-        key = read_key_file(key_file, name) if key_file else None
+        key = config.read_key_file(key_file, name) if key_file else None
         self._check_domain_name(name)
         virt_type = self.virt_type_for(meta)
         inst_uuid = str(uuid_mod.uuid4())
         owner = domain.Owner(self.state_dir, inst_uuid)
         taps = []
         try:
-            net, net_record = self._network(network, inst_uuid, taps)
+            net, net_record = network_mod.guest_network(
+                network, inst_uuid, taps, self.host.conn, self.netns)
             req = spawn.InstanceRequest(
                 uuid=inst_uuid, name=name, domain_name=DOMAIN_PREFIX + name,
                 image_id=meta.id,
                 flavor=flavor, key=key, hostname=name, user_data=user_data,
                 boot_params=tuple(params), network=net)
-            prepared = spawn.prepare(self.conf, self.cache, req,
-                                     virt_type=virt_type, owner=owner)
+            prepared = spawn.prepare(
+                self.conf, self.cache, req, owner=owner,
+                settings=spawn.BootSettings(
+                    virt_type=virt_type,
+                    default_cmdline=self.conf.local.default_cmdline,
+                    disk_mode=self.conf.local.disk_mode,
+                    vnc=self.conf.local.enable_vnc))
             xml = prepared.xml
             inst = Instance(uuid=inst_uuid, name=name, image_id=meta.id,
                             flavor=dataclasses.asdict(flavor),
@@ -443,7 +359,7 @@ class LocalCloud(object):
     def virt_type_for(self, meta):
         """The domain type to boot image ``meta`` with.
 
-        ``[amiboot] virt_type = auto`` is decided here (hostcheck; the
+        ``[local] virt_type = auto`` is decided here (hostcheck; the
         verdict is remembered per host), so every caller of boot() gets a
         type libvirt knows, not only the command line.
         """
@@ -452,7 +368,7 @@ class LocalCloud(object):
             path = os.path.join(self.store.path, meta.kernel_id)
             kernel = path if os.path.exists(path) else None
         chosen, why = hostcheck.choose_virt_type(
-            self.conf.amiboot.virt_type, self.host.conn, kernel,
+            self.conf.local.virt_type, self.host.conn, kernel,
             self.state_dir)
         if chosen is None:
             raise exception.InvalidInput(reason=why)
@@ -476,12 +392,12 @@ class LocalCloud(object):
         work, like the test images, is done, not failed).
         """
         try:
-            pattern = re.compile(self.conf.amiboot.ready_pattern)
+            pattern = re.compile(self.conf.local.ready_pattern)
         except re.error as e:
             raise exception.InvalidInput(
-                reason="Instance %s: [amiboot] ready_pattern is not a "
+                reason="Instance %s: [local] ready_pattern is not a "
                        "regular expression: %s" % (inst.name, e))
-        timeout = timeout or self.conf.amiboot.boot_timeout
+        timeout = timeout or self.conf.local.boot_timeout
         try:
             guest.wait_for_console(self.host, inst.domain_name,
                                    self.console_log(inst),

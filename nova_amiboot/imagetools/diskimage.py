@@ -36,11 +36,11 @@ import tempfile
 from oslo_log import log as logging
 from oslo_utils.imageutils import format_inspector
 
-from nova_amiboot import ari
+from nova_amiboot.imagetools import ari
 from nova_amiboot import attach
 from nova_amiboot import exception
 from nova_amiboot import inject
-from nova_amiboot.privileged import e2fs
+from nova_amiboot import e2fs
 from nova_amiboot import safety
 from nova_amiboot import sandbox
 

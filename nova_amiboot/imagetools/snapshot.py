@@ -18,8 +18,8 @@ from lxml import etree
 from oslo_log import log as logging
 
 from nova_amiboot import disk as disk_mod
-from nova_amiboot import diskimage
-from nova_amiboot import embedded
+from nova_amiboot.imagetools import diskimage
+from nova_amiboot.local import config as local_config
 from nova_amiboot import exception
 from nova_amiboot import inject
 from nova_amiboot import safety
@@ -93,7 +93,7 @@ def _label(path):
 
 def snapshot(cloud, instance, name, keep_injected=False):
     """Make AMI ``name`` of stopped ``instance``; return (meta, removed)."""
-    embedded._check_name('image', name)
+    local_config.check_name('image', name)
     inst = cloud.get(instance)
     for meta in cloud.store.list():
         if meta.name == name:

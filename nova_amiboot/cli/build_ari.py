@@ -7,7 +7,7 @@ Usage:
 
 import sys
 
-from nova_amiboot.cmd import amiboot
+from nova_amiboot.cli import app as amiboot
 
 
 def main(argv=None):
