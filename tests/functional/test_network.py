@@ -73,19 +73,23 @@ class TestCloudBridgeNetwork(base.RealToolsTestCase):
         self.addCleanup(cloud.close)
         inst_uuid = str(uuid.uuid4())
         taps = []
-        net, record = cloud._network('bridge:brlab', inst_uuid, taps)
+
+        def network(spec):
+            return local_network.guest_network(
+                spec, inst_uuid, taps, cloud.host.conn, cloud.netns)
+
+        net, record = network('bridge:brlab')
         self.assertEqual([net.tap], taps)
         tap = net.tap
         self.assertEqual('bridge', net.kind)
         self.assertEqual(record['tap'], net.tap)
         self.assertEqual('brlab', priv_net.link_info(
             net.tap, netns=self.ns)['master'])
-        net, record = cloud._network('user', inst_uuid, taps)
+        net, record = network('user')
         self.assertEqual(((record['ssh_port'], 22),), net.hostfwd)
         for bad in ('wifi', 'bridge:', 'bridge:br0\n', 'bridge:a b',
                     'user\n', 'bridge:' + 'x' * 16):
             self.assertRaises(exception.InvalidInput,
                               local_network.parse_network, bad)
-            self.assertRaises(exception.InvalidInput, cloud._network, bad,
-                              inst_uuid, taps)
+            self.assertRaises(exception.InvalidInput, network, bad)
         self.assertEqual([tap], taps)
