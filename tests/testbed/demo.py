@@ -43,22 +43,22 @@ def main():
         subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C',
                         'amiboot-demo', '-f', key], check=True)
     # A rerun starts from a clean slate.
-    amiboot('delete', 'demo', check=False)
+    amiboot('server', 'delete', 'demo', check=False)
     amiboot('image', 'delete', 'testbed', check=False)
     amiboot('image', 'import', 'testbed', '--kernel', info['kernel'],
             '--ramdisk', info['ramdisk'], '--root', info['root'])
     t1 = time.monotonic()
-    p = amiboot('boot', 'demo', '--image', 'testbed',
+    p = amiboot('server', 'create', 'demo', '--image', 'testbed',
                 '--flavor', 'm1.tiny', '--key-file', key + '.pub',
                 '--boot-param', 'amiboot.demo=1', '--wait', '-f', 'json')
     inst = json.loads(p.stdout)
     booted = time.monotonic() - t1
-    print(amiboot('list').stdout)
-    rep = report.parse(amiboot('console', 'demo').stdout)
+    print(amiboot('server', 'list').stdout)
+    rep = report.parse(amiboot('server', 'console', 'demo').stdout)
     print("instance %s (%s) booted and reported in %.1f s; the guest says:"
           % (inst['name'], inst['uuid'], booted))
     print(json.dumps(rep, indent=1, sort_keys=True))
-    amiboot('delete', 'demo')
+    amiboot('server', 'delete', 'demo')
     print("whole job %.1f s" % (time.monotonic() - t0))
     return 0
 
