@@ -1,8 +1,9 @@
 """inject: formatting of what is written into a guest.
 
-GuestFS edits a real ext4 with debugfs as root; here a recording stand-in
-with GuestFS's read/write interface takes its place, so that the
-formatting rules (marker, idempotence, refusals) are tested alone.
+Only the formatting rules (marker, idempotence, refusals) are tested
+here: a recording stand-in with GuestFS's read/write interface takes
+GuestFS's place. (GuestFS itself, debugfs on a Target, is not covered by
+this file; it could run on attach.Target(path, 'file') and a real ext4.)
 """
 
 import unittest
@@ -15,7 +16,7 @@ KEY = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake user@host'
 
 
 class FakeFS(object):
-    # Stand-in: a real GuestFS needs an attached block device (root).
+    # Stand-in for GuestFS: only read() and write() are used here.
     instance = 'inst-42'
 
     def __init__(self, files=None):
