@@ -500,7 +500,8 @@ class TestPartAgeing(FaultTestCase):
             removed = subprocess.run(
                 [sys.executable, '-c', 'import sys; '
                  'from tests.functional import cleaner; '
-                 'from nova_amiboot import cache, images; '
+                 'from nova_amiboot import cache; '
+                 'from nova_amiboot.local import store; '
                  'from tests.functional import base; '
                  'print(cache.ImageCache(sys.argv[1], store.LocalImageStore('
                  'sys.argv[2]), base.make_conf()).clean(min_age=3600))',

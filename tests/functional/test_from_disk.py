@@ -183,7 +183,7 @@ class TestFromDisk(FromDiskTestCase):
         self.assertIn('no kernel', self.error('image', 'from-disk', disk,
                                               'bad'))
         with open(self.config, 'a') as f:
-            f.write('max_image_virtual_size_gb = 1\n')
+            f.write('[amiboot]\nmax_image_virtual_size_gb = 1\n')
         big = self.scratch('big.qcow2')
         run('qemu-img', 'create', '-q', '-f', 'qcow2', big, '2G')
         msg = self.error('image', 'from-disk', big, 'bad')

@@ -33,7 +33,7 @@ from tests.functional import test_faults
 GiB = 1024 ** 3
 
 
-def child(instances, store, image_id, inst_uuid):
+def child(instances, store_path, image_id, inst_uuid):
     """nova's driver making the root disk of one AMI instance."""
     import nova.conf
     from nova import context as nova_context
@@ -43,6 +43,7 @@ def child(instances, store, image_id, inst_uuid):
     from oslo_utils import fileutils
 
     from nova_amiboot import exception
+    from nova_amiboot.local import store
     from nova_amiboot import privileged
     from nova_amiboot.virt import imagebackend
 
@@ -55,12 +56,12 @@ def child(instances, store, image_id, inst_uuid):
                 privileged.net_pctxt):
         ctx.set_client_mode(False)
     objects.register_all()
-    local = store.LocalImageStore(store)
+    local = store.LocalImageStore(store_path)
     meta = local.get_meta(image_id)
 
     def image_cache(context, trusted_certs=None):
         return cache_mod.ImageCache(
-            conf.instances_path, faultdriver.LoggingStore(store), conf,
+            conf.instances_path, faultdriver.LoggingStore(store_path), conf,
             base_dir_name=conf.image_cache.subdirectory_name)
     imagebackend.image_cache = image_cache
 
