@@ -16,15 +16,16 @@ FUSE mount gone, the nbd device disconnected, even when the body fails.
 import contextlib
 import glob
 import os
-import time
 
 from oslo_concurrency import lockutils
 from oslo_concurrency import processutils
 from oslo_log import log as logging
+import psutil
 
 from nova_amiboot import disk as disk_mod
 from nova_amiboot import exception
 from nova_amiboot import e2fs
+from nova_amiboot import meta
 from nova_amiboot.privileged import nbd as priv_nbd
 from nova_amiboot import sandbox
 from nova_amiboot import utils
@@ -123,16 +124,11 @@ def choose_method(conf):
 
 
 def fuse_mounted(path):
-    """True if ``path`` is a FUSE mount point (per /proc/self/mountinfo)."""
+    """True if ``path`` is a FUSE mount point (per psutil's mount table)."""
     path = os.path.realpath(path)
-    with open('/proc/self/mountinfo') as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index('-')
-            mnt = fields[4].encode().decode('unicode_escape')
-            if mnt == path and fields[sep + 1].startswith('fuse'):
-                return True
-    return False
+    # fstype is "fuse" or "fuse.<subtype>", as in /proc/self/mountinfo.
+    return any(p.mountpoint == path and p.fstype.startswith('fuse')
+               for p in psutil.disk_partitions(all=True))
 
 
 # backing= for a disk that no guest ever ran on (tests, tools that made it
@@ -152,7 +148,7 @@ def _stated_backing(disk, fmt, backing):
     if backing is HEADER:
         return disk_mod.header_backing(disk)
     disk_mod.check_header(disk, fmt)
-    backing = backing or disk_mod.recorded_backing(disk)
+    backing = backing or meta.recorded_backing(disk)
     if backing is None:
         raise exception.AttachFailed(
             path=disk, reason="its base is not recorded and was not given")
@@ -251,9 +247,6 @@ def _nbd_lock_path():
 
 def _wait_for_nbd(device, timeout):
     pidfile = '/sys/block/%s/pid' % os.path.basename(device)
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(pidfile):
-        if time.monotonic() > deadline:
-            raise exception.AttachFailed(path=device,
-                                         reason="qemu-nbd did not connect")
-        time.sleep(0.05)
+    if not utils.poll(lambda: os.path.exists(pidfile), timeout, 0.05):
+        raise exception.AttachFailed(path=device,
+                                     reason="qemu-nbd did not connect")

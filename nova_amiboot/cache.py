@@ -30,6 +30,7 @@ from oslo_log import log as logging
 from nova_amiboot import disk as disk_mod
 from nova_amiboot import exception
 from nova_amiboot import grow
+from nova_amiboot import meta as meta_mod
 from nova_amiboot import safety
 from nova_amiboot import sandbox
 from nova_amiboot import utils
@@ -39,9 +40,6 @@ LOG = logging.getLogger(__name__)
 # nova's lock_file_prefix: sharing the lock file with nova-compute's own
 # Image.cache() and image cache manager.
 LOCK_PREFIX = 'nova-'
-# On an instance's private copy of a kernel or ramdisk: the base it came
-# from (its file name in the cache).
-USED_BASE_XATTR = 'user.amiboot.base'
 _BASE_NAME = re.compile(r'[0-9a-f]{40}')
 # A spawn holds a shared lock on ``locks/amiboot-use-<base name>`` from the
 # moment it is handed a base until its instance disk and links make the
@@ -132,7 +130,8 @@ class ImageCache(object):
     def path_for(self, image_id):
         return os.path.join(self.base_dir, base_name(image_id))
 
-    def fetch(self, image_id, expected_format=None, max_virtual_size=None):
+    def fetch(self, image_id, expected_format=None, max_virtual_size=None,
+              facts=True):
         """Return a CachedImage for ``image_id``, fetching it if needed.
 
         ``expected_format`` (aki, ari, ami) refuses an image whose
@@ -146,6 +145,12 @@ class ImageCache(object):
         image may have been deleted there while instances still run on it
         (hard reboot, resize, evacuate must keep working). The disk_format
         it was fetched as is recorded on the base itself.
+
+        ``facts``: an AMI's new base gets its facts (grow.base_facts:
+        attached, e2fsck'd) before it enters the cache; False (the guest
+        route of provisioning, which attaches nothing) only probes its
+        filesystem type in the sandbox, and the facts wait for a spawn on
+        the host route that needs them (spawn.base_facts).
         """
         path = self.path_for(image_id)
         with self._lock(os.path.basename(path)):
@@ -174,7 +179,8 @@ class ImageCache(object):
             # of it is left from a fetch that died (kill -9, power loss).
             self._remove_stale_parts(path)
             info = self._download(meta, path, max_virtual_size,
-                                  root=expected_format == 'ami')
+                                  root=expected_format == 'ami',
+                                  facts=facts)
             _record_format(path, meta.disk_format)
             self._pin(path)
         return CachedImage(image_id, path, 'raw', info.virtual_size)
@@ -197,13 +203,15 @@ class ImageCache(object):
             raise exception.InsufficientSpace(image=meta.id, needed=needed,
                                               free=free, path=self.base_dir)
 
-    def _download(self, meta, path, max_virtual_size=None, root=False):
+    def _download(self, meta, path, max_virtual_size=None, root=False,
+                  facts=True):
         """Fetch, verify, inspect and convert ``meta`` into ``path``.
 
         ``root``: the image is an AMI's root: refused (before a qcow2 is
         converted, and again on the raw base) unless it holds a filesystem
         the pipeline serves, and its base checked once (grow.base_facts)
-        before it enters the cache; nothing of a refused image stays.
+        before it enters the cache (``facts``; else only its type probed,
+        unattached); nothing of a refused image stays.
         """
         tmp = '%s.part-%d' % (path, os.getpid())
         conv = tmp + '.raw'
@@ -248,8 +256,12 @@ class ImageCache(object):
             if root:
                 # Checked on the base itself (its facts go with its inode).
                 os.chmod(tmp, 0o644)
-                facts = grow.base_facts(tmp, self.conf, image=meta.id)
-                self._refuse_unservable(meta, facts['fstype'])
+                if facts:
+                    fstype = grow.base_facts(tmp, self.conf,
+                                             image=meta.id)['fstype']
+                else:
+                    fstype = self._probe_fs(meta, tmp)
+                self._refuse_unservable(meta, fstype)
             os.chmod(tmp, 0o644)
             with open(tmp, 'rb') as f:
                 os.fsync(f.fileno())
@@ -305,6 +317,12 @@ class ImageCache(object):
         os.unlink(head)
         self._refuse_unservable(meta, res.text.strip() or None)
 
+    def _probe_fs(self, meta, path):
+        """The filesystem type of raw ``path`` (blkid, in the sandbox)."""
+        res = sandbox.run(['blkid', '-p', '-o', 'value', '-s', 'TYPE', path],
+                          meta.id, self.conf, files=[path], ok_codes=(0, 2))
+        return res.text.strip() or None
+
     @staticmethod
     def _refuse_unservable(meta, fstype):
         if fstype not in grow.SERVABLE_TYPES:
@@ -346,7 +364,7 @@ class ImageCache(object):
 
         An instance uses a base as the backing file of its ``disk`` and as
         the source of its ``kernel`` and ``ramdisk``: a hard link (same
-        inode), or a private copy that names its base (USED_BASE_XATTR).
+        inode), or a private copy that names its base (meta.USED_BASE).
         Instances come and go while this looks: a file that vanishes
         between listing and stat is simply not a user.
         """
@@ -497,9 +515,8 @@ class _HashingWriter(object):
 
 def _copied_from(path, base_dir):
     """The base that ``path`` (a kernel or ramdisk copy) was made from."""
-    try:
-        name = os.getxattr(path, USED_BASE_XATTR).decode('ascii')
-    except (OSError, UnicodeError):
+    name = meta_mod.get_text(path, meta_mod.USED_BASE)
+    if name is None:
         return None
     # Only a plain base name in this cache counts (the name is read back
     # from a file the guest's QEMU owns while it runs).
@@ -517,23 +534,14 @@ def backing_file(disk):
         return None
 
 
-# The disk_format a base was fetched as, kept on the base's own inode.
-_FORMAT_XATTR = 'user.amiboot.disk_format'
-
-
+# The disk_format a base was fetched as, kept on the base's own inode
+# (where there are no user xattrs the source is asked on the next use).
 def _recorded_format(path):
-    try:
-        return os.getxattr(path, _FORMAT_XATTR).decode('ascii')
-    except (OSError, UnicodeDecodeError):
-        return None
+    return meta_mod.get_text(path, meta_mod.DISK_FORMAT)
 
 
 def _record_format(path, disk_format):
-    try:
-        os.setxattr(path, _FORMAT_XATTR, disk_format.encode('ascii'))
-    except OSError as e:
-        # No user xattrs here: the source is asked on the next use.
-        LOG.debug("Cannot record the format of %s: %s", path, e)
+    meta_mod.record(path, meta_mod.DISK_FORMAT, disk_format)
 
 
 def _check_format(image_id, disk_format, expected_format):

@@ -9,6 +9,8 @@ from oslo_log import log as logging
 from oslo_utils.imageutils import format_inspector
 
 from nova_amiboot import exception
+from nova_amiboot import meta
+from nova_amiboot import qemuimg
 from nova_amiboot import sandbox
 
 LOG = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def create(base, path, size, mode='overlay', instance='?', image='?',
             sandbox.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-u',
                          '-o', opts, path, str(size)], image,
                         write=[path], timeout=120)
-            record_backing(path, base)
+            meta.record_backing(path, base)
             return 'qcow2'
         # Parity with nova's Flat backend: a full raw copy, then grown.
         shutil.copyfile(base, path)
@@ -61,28 +63,6 @@ def create(base, path, size, mode='overlay', instance='?', image='?',
         raise
 
 
-# The base an overlay was made over, kept in a trusted xattr of the
-# overlay's inode: root alone reads and writes the trusted namespace, so
-# the guest's QEMU, which owns the disk while it runs and may rewrite its
-# qcow2 header, cannot change it.
-_BACKING_XATTR = 'trusted.amiboot.backing'
-
-
-def record_backing(path, base):
-    try:
-        os.setxattr(path, _BACKING_XATTR, os.path.abspath(base).encode())
-    except OSError as e:
-        LOG.debug("Cannot record the base of %s: %s", path, e)
-
-
-def recorded_backing(path):
-    """The base recorded when the overlay ``path`` (or fd) was made."""
-    try:
-        return os.fsdecode(os.getxattr(path, _BACKING_XATTR))
-    except OSError:
-        return None
-
-
 def header_backing(path):
     """The backing file the qcow2 header of ``path`` names, or None.
 
@@ -90,10 +70,8 @@ def header_backing(path):
     rewrite otherwise. Read by qemu-img in the sandbox (it never opens the
     backing for info); a relative name is taken from the disk's directory.
     """
-    res = sandbox.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
-                       '--output=json', path], path, files=[path],
-                      timeout=60, out_limit=1024 * 1024)
-    name = json.loads(res.out).get('backing-filename')
+    name = qemuimg.info(path, 'qcow2', force_share=True,
+                        timeout=60).backing_file
     if not name:
         return None
     return os.path.normpath(os.path.join(os.path.dirname(

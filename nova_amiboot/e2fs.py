@@ -31,10 +31,12 @@ import os
 import re
 import shutil
 
+from oslo_utils import units
+
 from nova_amiboot import exception
 from nova_amiboot import sandbox
 
-MiB = 1024 * 1024
+MiB = units.Mi
 
 MAX_NAME = 255
 MAX_PATH = 1024

@@ -4,6 +4,8 @@ One base class with a message template, one subclass per failure, the way
 nova.exception does it: callers catch the class, operators read the message.
 """
 
+import re
+
 
 class AmibootException(Exception):
     """Base of every error this project raises on purpose."""
@@ -35,14 +37,35 @@ class ToolOutOfSpace(CommandFailed):
     """A tool failed because a filesystem it wrote to is full."""
 
 
-def command_failed(cmd, code, stderr):
-    """CommandFailed for a tool's failure, ToolOutOfSpace if it says so.
+# What a failed tool's own words say, where they are the only signal it
+# gives of why (an exit code says only "failed"). The one table of error
+# texts: nothing else picks a class by message; callers choose by type.
+NO_SPACE = 'no space'           # ENOSPC: a filesystem it wrote to is full
+FILE_SIZE = 'file size'         # EFBIG: RLIMIT_FSIZE (or the fs's own limit)
+MEMORY = 'memory'               # ENOMEM: RLIMIT_AS, or the host
+TOOL_WORDS = (
+    (NO_SPACE, re.compile(r'No space left on device')),
+    (FILE_SIZE, re.compile(r'File too large')),
+    (MEMORY, re.compile(r'Cannot allocate memory|Memory allocation failed|'
+                        r'[Oo]ut of memory|[Ff]ailed to allocate|'
+                        r'[Cc]ould not allocate|bad_alloc|memory exhausted|'
+                        r"Can't allocate")),
+)
 
-    The tool's own words are the only signal of ENOSPC it gives; they are
-    read here, once, so that callers choose by type.
+
+def tool_says(text):
+    """The meanings (NO_SPACE, FILE_SIZE, MEMORY) that ``text`` states.
+
+    The caller decides which text counts (all of stderr, or only the lines
+    a tool begins itself, where an image's file names cannot pose as it).
     """
-    cls = ToolOutOfSpace if 'No space left on device' in (stderr or '') \
-        else CommandFailed
+    return frozenset(meaning for meaning, words in TOOL_WORDS
+                     if words.search(text or ''))
+
+
+def command_failed(cmd, code, stderr):
+    """CommandFailed for a tool's failure, ToolOutOfSpace if it says so."""
+    cls = ToolOutOfSpace if NO_SPACE in tool_says(stderr) else CommandFailed
     return cls(cmd=cmd, code=code, stderr=stderr)
 
 
@@ -237,3 +260,18 @@ class GuestError(AmibootException):
 
 class GuestStopped(GuestError):
     """The guest stopped before it was ready."""
+
+
+# --- guest-side provisioning (the per-instance layer) ----------------------
+
+class InvalidProvisionSpec(InvalidInput):
+    msg_fmt = ("Instance %(instance)s: refusing the provisioning layer: "
+               "%(reason)s")
+
+
+class GuestProvisionNotDeclared(InvalidImage):
+    msg_fmt = ("Instance %(instance)s: [amiboot] provision = guest, but "
+               "image %(image)s does not declare guest provisioning (image "
+               "property amiboot_provision=guest on the AMI or its ARI); "
+               "boot it with provision = auto or host, or rebuild its ARI "
+               "with 'amiboot image build-ari' and declare it.")

@@ -14,7 +14,6 @@ file is the raw base, with nothing left to grow.
 
 import errno
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from oslo_log import log as logging
 from nova_amiboot import attach
 from nova_amiboot import disk
 from nova_amiboot import exception
+from nova_amiboot import meta
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
@@ -34,18 +34,9 @@ EXT_TYPES = ('ext2', 'ext3', 'ext4')
 # also grown and written from user space). An AMI base holding anything
 # else is refused when it is fetched.
 SERVABLE_TYPES = EXT_TYPES + ('xfs', 'btrfs')
-# Facts about a cached base's filesystem, kept on the base's own inode: they
-# derive from its content, which never changes once it is in the cache.
-_FACTS_XATTR = 'user.amiboot.fs'
 CHECK_PREFIX = 'amiboot-check-'
-# A random identity of the base's inode: a template records the one it was
-# made from, so a base removed and fetched again (a new inode, maybe other
-# bytes) never meets a template of its predecessor.
-_ID_XATTR = 'user.amiboot.id'
 # linux/fs.h: share the source's extents (XFS, btrfs); ext4 refuses.
 _FICLONE = 0x40049409
-# Facts about a template (JSON), on the template's inode.
-_TEMPLATE_XATTR = 'user.amiboot.template'
 TEMPLATE_DIR = 'amiboot-grown'
 _TEMPLATE_RE = re.compile(r'^(?P<base>[^/]+)-(?P<size>[0-9]+)-'
                           r'(?P<id>[0-9a-f]{32})\.qcow2'
@@ -69,12 +60,12 @@ def base_facts(path, conf, image=None):
     check every instance disk would get (e2fsck -fp) is run once, on a
     throwaway overlay of the base: 'clean' means it changed nothing. (A
     read-only e2fsck -n is not that: it passes filesystems that -p still
-    repairs, such as wrong free counts.) Recorded in an xattr of the base.
+    repairs, such as wrong free counts.) Recorded in an xattr of the base
+    (meta.FS_FACTS; without user xattrs it is checked again next time).
     """
-    try:
-        return json.loads(os.getxattr(path, _FACTS_XATTR))
-    except (OSError, ValueError):
-        pass
+    facts = meta.get_json(path, meta.FS_FACTS)
+    if facts is not None:
+        return facts
     facts = {'fstype': None, 'clean': False}
     # Owned: a spawn killed here leaves the next one something to reap. The
     # scratch overlay sits in the instances path, beside the instance disks:
@@ -107,11 +98,7 @@ def base_facts(path, conf, image=None):
                              "disk: %(err)s", {'path': path, 'err': e})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        os.setxattr(path, _FACTS_XATTR, json.dumps(facts).encode())
-    except OSError as e:
-        # No user xattrs on this filesystem: check again next time.
-        LOG.debug("Cannot record facts of %s: %s", path, e)
+    meta.record(path, meta.FS_FACTS, facts)
     return facts
 
 
@@ -171,10 +158,7 @@ def grow(target, instance='?', image='?', fstype=None, checked=False):
 
 def known_facts(path):
     """The facts base_facts() recorded on ``path``, or None (no attach)."""
-    try:
-        return json.loads(os.getxattr(path, _FACTS_XATTR))
-    except (OSError, ValueError):
-        return None
+    return meta.get_json(path, meta.FS_FACTS)
 
 
 # --- grown templates --------------------------------------------------------
@@ -186,19 +170,18 @@ def base_id(path):
     concurrent spawns agree. None where the filesystem has no user xattrs:
     no templates there.
     """
-    try:
-        return os.getxattr(path, _ID_XATTR).decode('ascii')
-    except OSError:
-        pass
+    ident = meta.get_text(path, meta.BASE_ID)
+    if ident is not None:
+        return ident
     new = uuid.uuid4().hex
     try:
-        os.setxattr(path, _ID_XATTR, new.encode('ascii'), os.XATTR_CREATE)
+        meta.put(path, meta.BASE_ID, new, create=True)
         return new
     except OSError as e:
         if e.errno != errno.EEXIST:
             LOG.debug("No identity for base %s: %s", path, e)
             return None
-    return os.getxattr(path, _ID_XATTR).decode('ascii')
+    return meta.get_text(path, meta.BASE_ID)
 
 
 def template_path(base, size, ident):
@@ -246,10 +229,7 @@ def _copy_template(tpl, dest):
     except FileNotFoundError:
         return None
     with src:
-        try:
-            facts = json.loads(os.getxattr(src.fileno(), _TEMPLATE_XATTR))
-        except (OSError, ValueError):
-            facts = {}
+        facts = meta.get_json(src.fileno(), meta.TEMPLATE) or {}
         # Templates are never written after their rename into place; the
         # copy is the instance's own (0644, like qemu-img create makes).
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -264,9 +244,9 @@ def _copy_template(tpl, dest):
         except BaseException:
             os.unlink(dest)
             raise
-        base = disk.recorded_backing(src.fileno())
+        base = meta.recorded_backing(src.fileno())
     if base:
-        disk.record_backing(dest, base)
+        meta.record_backing(dest, base)
     return facts
 
 
@@ -294,9 +274,7 @@ def _build_template(base, tpl, size, facts, conf, instance, image):
             # What every instance would read first (its authorized_keys):
             # the same in every copy, so read here once.
             known = fs.remember()
-        os.setxattr(tmp, _TEMPLATE_XATTR,
-                    json.dumps({'selinux': selinux,
-                                'known': known}).encode())
+        meta.put(tmp, meta.TEMPLATE, {'selinux': selinux, 'known': known})
         # Shared by every instance of this (base, size): read-only.
         os.chmod(tmp, 0o444)
         with open(tmp, 'rb') as f:
@@ -329,11 +307,8 @@ def sweep_templates(base_dir):
         if m.group('pid'):
             stale = not _pid_alive(int(m.group('pid')))
         else:
-            try:
-                current = os.getxattr(os.path.join(base_dir, m.group('base')),
-                                      _ID_XATTR).decode('ascii')
-            except OSError:
-                current = None
+            current = meta.get_text(os.path.join(base_dir, m.group('base')),
+                                    meta.BASE_ID)
             stale = current != m.group('id')
         if stale:
             try:

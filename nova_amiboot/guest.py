@@ -12,6 +12,7 @@ from oslo_log import log as logging
 
 from nova_amiboot import domain
 from nova_amiboot import exception
+from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
 
@@ -24,9 +25,6 @@ def _ignore_libvirt_errors(_ctx, _err):
 
 
 libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
-
-
-GuestError = exception.GuestError
 
 
 class Host(object):
@@ -59,7 +57,7 @@ class Host(object):
             dom.create()
         except libvirt.libvirtError as e:
             dom.undefine()
-            raise GuestError(name=dom.name(), reason=str(e))
+            raise exception.GuestError(name=dom.name(), reason=str(e))
         return dom
 
     def is_running(self, name):
@@ -153,15 +151,20 @@ def wait_for_console(host, name, log_path, done, timeout,
     the timeout passes, with the log's tail in the message so the operator
     sees why.
     """
-    deadline = time.monotonic() + timeout
-    while True:
+    start = time.monotonic()
+    text = ''
+
+    def look():
+        # The log text when done, None to look again after ``poll``.
+        nonlocal text
         text = read_console(log_path)
         if done(text):
             return text
         running = (host.is_running(name) if owner is None
                    else host.is_running_owned(owner, name))
         if not running:
-            # The last lines may land after the domain stopped.
+            # The last lines may land after the domain stopped: one more
+            # look after ``poll`` (a grace delay, not a poll).
             time.sleep(poll)
             text = read_console(log_path)
             if done(text):
@@ -169,12 +172,16 @@ def wait_for_console(host, name, log_path, done, timeout,
             raise exception.GuestStopped(name=name, reason="stopped before "
                                          "it was ready; "
                                          "console ends with: %s" % _tail(text))
-        if time.monotonic() > deadline:
-            raise GuestError(name=name, reason="not ready after %ds; console "
-                             "ends with: %s" % (timeout, _tail(text)))
-        if progress:
-            progress(time.monotonic() - (deadline - timeout))
-        time.sleep(poll)
+        return None
+
+    ready = utils.poll(look, timeout, poll, until=lambda t: t is not None,
+                       before_sleep=progress and (
+                           lambda: progress(time.monotonic() - start)))
+    if ready is None:
+        raise exception.GuestError(name=name, reason="not ready after %ds; "
+                                   "console ends with: %s"
+                                   % (timeout, _tail(text)))
+    return ready
 
 
 def _tail(text, lines=8, limit=600):

@@ -24,16 +24,17 @@ debugfs exits 0 even when a command fails, so its stderr is read: anything
 but its version banner is an error.
 """
 
-import json
 import os
 import re
 import struct
 import subprocess
 
 from oslo_log import log as logging
+from oslo_utils import units
 
 from nova_amiboot import exception
 from nova_amiboot import e2fs
+from nova_amiboot import layer
 
 LOG = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ _KEY = re.compile(r'[\x21-\x7e][\x20-\x7e]{0,16383}')
 _SHA512_CRYPT = re.compile(r'\$6\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}')
 _BANNER = re.compile(r'debugfs [0-9.]+ \(.*\)')
 # Reading guest files: enough for any authorized_keys, shadow or hostname.
-READ_LIMIT = 1024 * 1024
+READ_LIMIT = units.Mi
 
 # Fixed-form answers (see the module doc).
 _IMAP = re.compile(rb'Inode ([0-9]{1,10}) is part of block group '
@@ -489,10 +490,10 @@ def inject_user_data(fs, user_data, instance_id, hostname):
     base = '/var/lib/cloud/seed/nocloud'
     if isinstance(user_data, str):
         user_data = user_data.encode('utf-8')
-    # JSON strings are YAML strings: no value can add a key or a line.
-    meta = 'instance-id: %s\nlocal-hostname: %s\n' % (
-        json.dumps(str(instance_id)), json.dumps(str(hostname)))
-    fs.write(base + '/meta-data', meta.encode('ascii'), mode=0o600)
+    # The guest route's layer carries the same bytes.
+    fs.write(base + '/meta-data', layer.nocloud_meta_data(instance_id,
+                                                          hostname),
+             mode=0o600)
     fs.write(base + '/user-data', user_data, mode=0o600)
 
 

@@ -17,14 +17,14 @@ which is harmless for a kernel and accepted.
 """
 
 import collections
-import json
 import os
 
 from oslo_log import log as logging
 from oslo_utils.imageutils import format_inspector
+from oslo_utils import units
 
 from nova_amiboot import exception
-from nova_amiboot import sandbox
+from nova_amiboot import qemuimg
 
 LOG = logging.getLogger(__name__)
 
@@ -51,15 +51,13 @@ def _qemu_img_info(path, fmt, image, conf):
         # In the sandbox, under its CPU and address-space limits (QEMU's
         # tools get twice memory_mb); the CPU limit does not stop a run
         # that waits (on I/O, a lock): a wall-clock limit does.
-        res = sandbox.run(
-            ['qemu-img', 'info', '-f', fmt, '--output=json', path], image,
-            conf, files=[path], cpu=cpu, timeout=2 * cpu + 30,
+        return qemuimg.info(
+            path, fmt, image, conf, cpu=cpu, timeout=2 * cpu + 30,
             memory_mb=max(32, conf.amiboot.qemu_img_address_space_mb // 2),
             timeout_name='2 x [amiboot] qemu_img_cpu_seconds + 30')
     except exception.CommandFailed as e:
         raise exception.UnsafeImage(image=image,
                                     reason="qemu-img info failed: %s" % e)
-    return json.loads(res.text)
 
 
 def _detect(path, claimed, image):
@@ -148,23 +146,22 @@ def inspect(path, claimed, image, conf):
 
     qfmt = 'qcow2' if detected == 'qcow2' else 'raw'
     info = _qemu_img_info(path, qfmt, image, conf)
-    if info.get('format') != qfmt:
+    if info.file_format != qfmt:
         raise exception.ImageFormatMismatch(image=image, claimed=qfmt,
-                                            detected=info.get('format'))
-    if info.get('backing-filename') or info.get('full-backing-filename'):
+                                            detected=info.file_format)
+    if info.backing_file:
         raise exception.UnsafeImage(
             image=image, reason="it has a backing file (%s)"
-            % info.get('backing-filename'))
-    data_file = (info.get('format-specific', {}).get('data', {})
-                 .get('data-file'))
+            % info.backing_file)
+    data_file = qemuimg.data_file(info)
     if data_file:
         raise exception.UnsafeImage(
             image=image, reason="it has an external data file (%s)"
             % data_file)
-    limit = conf.amiboot.max_image_virtual_size_gb * 1024 ** 3
-    vsize = int(info.get('virtual-size', 0))
+    limit = conf.amiboot.max_image_virtual_size_gb * units.Gi
+    vsize = info.virtual_size
     if vsize > limit:
         raise exception.ImageTooLarge(image=image, size=vsize, limit=limit)
     LOG.debug("Image %(image)s at %(path)s: %(fmt)s, virtual size %(size)d",
               {'image': image, 'path': path, 'fmt': qfmt, 'size': vsize})
-    return Inspection(qfmt, vsize, int(info.get('actual-size', 0)))
+    return Inspection(qfmt, vsize, int(info.disk_size or 0))

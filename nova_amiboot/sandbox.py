@@ -50,9 +50,12 @@ import subprocess
 import threading
 import time
 
-from nova_amiboot import exception
+from oslo_utils import units
 
-MiB = 1024 * 1024
+from nova_amiboot import exception
+from nova_amiboot import utils
+
+MiB = units.Mi
 # Every tool this project runs on untrusted bytes; utils.execute refuses
 # them (they must come here).
 TOOLS = frozenset({
@@ -76,11 +79,6 @@ _ENV = {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin', 'LC_ALL': 'C',
         'PAGER': '__none__', 'DEBUGFS_PAGER': '__none__',
         # Few malloc arenas: each reserves 64 MiB of address space.
         'MALLOC_ARENA_MAX': '2'}
-# Messages of tools that met the address-space limit.
-_ENOMEM = re.compile(r'Cannot allocate memory|Memory allocation failed|'
-                     r'[Oo]ut of memory|[Ff]ailed to allocate|'
-                     r'[Cc]ould not allocate|bad_alloc|memory exhausted|'
-                     r'Can\'t allocate', re.S)
 
 
 class Limits(object):
@@ -102,7 +100,7 @@ class Limits(object):
         a = conf.amiboot
         values = {'timeout': a.fs_tool_timeout,
                   'memory_mb': a.tool_memory_mb, 'user': a.tool_user,
-                  'file_size': a.max_image_virtual_size_gb * 1024 ** 3}
+                  'file_size': a.max_image_virtual_size_gb * units.Gi}
         values.update(kwargs)
         return cls(**values)
 
@@ -494,9 +492,10 @@ def _limit_hit(code, ok, err_text, rss, cpu, lim, tool):
     # a line (e2fsck prints them escaped), never at its start.
     said = [] if ok else [line for line in err_text.splitlines()
                           if line.startswith((tool + ': ', 'Error '))]
-    if any('File too large' in line for line in said):
+    says = exception.tool_says('\n'.join(said))
+    if exception.FILE_SIZE in says:
         return 'file size', '%d bytes' % lim.file_size
-    if any(_ENOMEM.search(line) for line in said) or (
+    if exception.MEMORY in says or (
             sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGKILL,
                     signal.SIGBUS)
             and rss > lim.memory_for(tool) * MiB // 2):
@@ -593,24 +592,25 @@ def _killpg(pid):
 
 def _wait(proc, timeout):
     """(exit code, peak RSS bytes, CPU seconds) or (None, 0, 0)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def reaped():
         try:
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         except ChildProcessError:
             proc.returncode = proc.returncode if proc.returncode is not \
                 None else -1
             return proc.returncode, 0, 0.0
-        if pid:
-            code = os.waitstatus_to_exitcode(status)
-            proc.returncode = code
-            # ru_maxrss: KiB, the largest of the process and every
-            # descendant it waited for (the tool, inside the sandbox);
-            # the CPU time likewise summed over them.
-            return code, ru.ru_maxrss * 1024, ru.ru_utime + ru.ru_stime
-        if time.monotonic() > deadline:
-            return None, 0, 0.0
-        time.sleep(0.001)
+        if not pid:
+            return None
+        code = os.waitstatus_to_exitcode(status)
+        proc.returncode = code
+        # ru_maxrss: KiB, the largest of the process and every
+        # descendant it waited for (the tool, inside the sandbox);
+        # the CPU time likewise summed over them.
+        return code, ru.ru_maxrss * 1024, ru.ru_utime + ru.ru_stime
+
+    return (utils.poll(reaped, timeout, 0.001,
+                       until=lambda done: done is not None)
+            or (None, 0, 0.0))
 
 
 # --- a qcow2 (or raw) disk served inside a sandbox -------------------------

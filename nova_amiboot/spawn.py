@@ -8,6 +8,12 @@
    inject key, hostname, password, user data; detach;
 4. link kernel and ramdisk into the instance dir and write the domain XML.
 
+That is the host route of provisioning. In the guest route
+(``[amiboot] provision``, provision_mode()) steps 2-3 are a plain overlay
+at the flavor size, nothing attached and no filesystem tool run on it, and
+the instance's ramdisk copy is its ARI followed by the per-instance layer
+(nova_amiboot.layer) that the ARI's /init applies at boot.
+
 Cheap checks (boot parameters, image metadata, flavor size) come before any
 disk work. On failure the instance directory is removed whole; the cache
 keeps only complete, checked bases.
@@ -23,6 +29,7 @@ import time
 
 from oslo_concurrency import lockutils
 from oslo_log import log as logging
+from oslo_utils import units
 
 from nova_amiboot import attach
 from nova_amiboot import cache as cache_mod
@@ -31,11 +38,13 @@ from nova_amiboot import domain
 from nova_amiboot import exception
 from nova_amiboot import grow
 from nova_amiboot import inject
+from nova_amiboot import layer
+from nova_amiboot import meta
 from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
 
-GiB = 1024 ** 3
+GiB = units.Gi
 
 
 @dataclasses.dataclass
@@ -89,6 +98,8 @@ class Prepared:
     xml: str
     grown: bool
     timings: dict
+    # 'host' (grown and written here) or 'guest' (by the ARI, at boot).
+    provision: str = 'host'
 
 
 def private_copy(src, dst):
@@ -106,11 +117,7 @@ def private_copy(src, dst):
     try:
         shutil.copyfile(src, tmp)
         os.chmod(tmp, 0o644)
-        try:
-            os.setxattr(tmp, cache_mod.USED_BASE_XATTR,
-                        os.path.basename(src).encode())
-        except OSError as e:
-            LOG.debug("Cannot mark %s as a copy of %s: %s", dst, src, e)
+        meta.record(tmp, meta.USED_BASE, os.path.basename(src))
         os.rename(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
@@ -118,11 +125,12 @@ def private_copy(src, dst):
         raise
 
 
-def fetch_triplet(cache, image_id, flavor=None, instance='?'):
+def fetch_triplet(cache, image_id, flavor=None, instance='?', facts=True):
     """Fetch AMI, AKI, ARI; return (ami meta, root, kernel, ramdisk).
 
     With ``flavor``, an AMI larger than its root disk is refused before it
     is converted or cached (a refused image leaves nothing in ``_base``).
+    ``facts``: see ImageCache.fetch (False on the guest route).
     """
     ami = cache.source.get_meta(image_id)
     if not ami.kernel_id or not ami.ramdisk_id:
@@ -131,7 +139,8 @@ def fetch_triplet(cache, image_id, flavor=None, instance='?'):
             "ramdisk_id properties are required")
     limit = flavor.root_gb * GiB if flavor else None
     try:
-        root = cache.fetch(image_id, 'ami', max_virtual_size=limit)
+        root = cache.fetch(image_id, 'ami', max_virtual_size=limit,
+                           facts=facts)
     except exception.ImageTooLarge as e:
         if limit is None or e.kwargs.get('limit') != limit:
             raise
@@ -141,6 +150,110 @@ def fetch_triplet(cache, image_id, flavor=None, instance='?'):
     kernel = cache.fetch(ami.kernel_id, 'aki')
     ramdisk = cache.fetch(ami.ramdisk_id, 'ari')
     return ami, root, kernel, ramdisk
+
+
+PROVISION_PROPERTY = 'amiboot_provision'
+PROVISION_VALUES = ('guest', 'host')
+
+
+def _image_label(meta):
+    if meta.name and meta.name != meta.id:
+        return '%s (%s)' % (meta.name, meta.id)
+    return meta.id
+
+
+def declared_provision(ami, ari=None):
+    """What the image declares: 'guest', 'host' or None.
+
+    The property ``amiboot_provision`` of the AMI, else of its ARI (image
+    metadata only: the ARI's bytes are never read for it). Any other value
+    is refused, naming the image that carries it.
+    """
+    for image in (ami, ari):
+        if image is None:
+            continue
+        value = image.properties.get(PROVISION_PROPERTY)
+        if value is None:
+            continue
+        if value not in PROVISION_VALUES:
+            raise exception.InvalidImage(
+                image=_image_label(image), reason="property %s=%s is not "
+                "one of %s" % (PROVISION_PROPERTY, domain.shown(value),
+                               ', '.join(PROVISION_VALUES)))
+        return value
+    return None
+
+
+def ramdisk_meta(source, ami):
+    """The ARI's metadata, or None when the AMI names none."""
+    return source.get_meta(ami.ramdisk_id) if ami.ramdisk_id else None
+
+
+def provision_mode(conf, ami, ari=None, instance='?'):
+    """'host' or 'guest': where instance ``instance`` of ``ami`` is set up.
+
+    ``[amiboot] provision``: host and guest are forced (guest refuses an
+    image that does not declare it, GuestProvisionNotDeclared); auto is
+    guest when the image declares it (declared_provision()), else host.
+    """
+    wanted = conf.amiboot.provision
+    if wanted == 'host':
+        return 'host'
+    declared = declared_provision(ami, ari)
+    if declared == 'guest':
+        return 'guest'
+    if wanted == 'guest':
+        raise exception.GuestProvisionNotDeclared(
+            instance=instance, image=_image_label(ami))
+    return 'host'
+
+
+def provision_spec(req, conf, files=None):
+    """The layer.Spec of ``req`` (what the host route would inject).
+
+    The same options decide what goes in: inject_key, inject_hostname,
+    inject_password (hashed here: the layer carries no clear password),
+    grow_filesystem; the user data and ``files`` always. Refused with
+    InvalidProvisionSpec naming the instance.
+    """
+    password_hash = None
+    if req.password and conf.amiboot.inject_password:
+        try:
+            password_hash = inject.hash_password(req.password)
+        except (OSError, ValueError, UnicodeError) as e:
+            raise exception.InvalidProvisionSpec(
+                instance=req.name, reason="cannot hash the password: %s" % e)
+    hostname = None
+    if req.hostname and conf.amiboot.inject_hostname:
+        hostname = req.hostname.split('.')[0]
+    user_data = req.user_data
+    if isinstance(user_data, str):
+        user_data = user_data.encode('utf-8')
+    try:
+        return layer.Spec(
+            instance=req.uuid,
+            ssh_keys=[req.key] if req.key and conf.amiboot.inject_key
+            else [],
+            hostname=hostname, password_hash=password_hash,
+            user_data=user_data, files=list(files or ()),
+            grow=conf.amiboot.grow_filesystem,
+            # The seed's, as the host route writes it (inject_user_data).
+            local_hostname=req.hostname or req.name)
+    except exception.InvalidProvisionSpec as e:
+        # The layer names the instance by its id (the NoCloud
+        # instance-id); the user knows it by its name.
+        raise exception.InvalidProvisionSpec(
+            instance=req.name, reason=e.kwargs.get('reason', e))
+
+
+def instance_ramdisk(ari_path, dest, spec):
+    """The guest route's private ramdisk copy: the ARI, then the layer.
+
+    Named as a copy of its base, as private_copy() does.
+    """
+    return layer.write_instance_ramdisk(
+        ari_path, dest, spec, xattrs={
+            meta.USED_BASE: os.path.basename(ari_path).encode()})
 
 
 def wants(req, conf):
@@ -179,7 +292,10 @@ def customise(target, req, conf, facts, grown=False, selinux=None,
         raise exception.InjectionFailed(
             instance=req.name, what=', '.join(wanted),
             reason="filesystem %s of image %s cannot be written from user "
-                   "space (ext2/3/4 only)" % (fstype, req.image_id))
+                   "space (ext2/3/4 only); with an ARI that provisions in "
+                   "the guest, declare amiboot_provision=guest on the image "
+                   "([amiboot] provision = auto or guest)"
+                   % (fstype, req.image_id))
     fs = inject.GuestFS(target, instance=req.name, known=known)
     if req.key and conf.amiboot.inject_key:
         inject.inject_key(fs, req.key)
@@ -193,9 +309,6 @@ def customise(target, req, conf, facts, grown=False, selinux=None,
     if selinux is not False:
         inject.arrange_relabel(fs)
     return grown
-
-
-BUILDING = '.amiboot-building'
 
 
 def _disk_full(e, path=None):
@@ -214,7 +327,7 @@ def _disk_full(e, path=None):
 def _claim_instance_dir(idir, req):
     """Create the instance dir, marked as being built by this process.
 
-    The mark (utils.owned_tempdir's owner format) stays until the caller
+    The mark (meta.BUILDING, an owner record) stays until the caller
     calls finished(): a directory whose mark names a dead process is what a
     killed spawn left (its own clean-up never ran). A retry for the same
     instance starts again from nothing; interrupted() finds the others.
@@ -231,7 +344,7 @@ def _claim_instance_dir(idir, req):
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         os.makedirs(tmp, mode=0o755)
-        utils.write_owner(os.path.join(tmp, BUILDING))
+        meta.write_owner(os.path.join(tmp, meta.BUILDING))
         os.rename(tmp, idir)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -244,13 +357,13 @@ def _claim_instance_dir(idir, req):
 
 def interrupted(idir):
     """True if ``idir`` is an instance dir whose spawn died midway."""
-    return utils.owner_dead(os.path.join(idir, BUILDING))
+    return meta.owner_dead(os.path.join(idir, meta.BUILDING))
 
 
 def finished(idir):
     """The instance in ``idir`` is complete (its domain is defined)."""
     try:
-        os.unlink(os.path.join(idir, BUILDING))
+        os.unlink(os.path.join(idir, meta.BUILDING))
     except FileNotFoundError:
         pass
 
@@ -356,6 +469,23 @@ def prepare_disk(conf, cache, req, root, path, size=None, mode=None,
     return Disk(path, fmt, grown, tfacts is not None)
 
 
+def guest_disk(conf, req, root, path, size=None, mode=None, timings=None):
+    """The guest route's instance disk: a plain overlay (or copy), as is.
+
+    At the flavor's size; nothing attached, no tool run on its filesystem
+    (the ARI grows it at boot). Returns a Disk (not grown).
+    """
+    timings = {} if timings is None else timings
+    t = time.monotonic()
+    size = size or req.flavor.root_gb * GiB
+    fmt = disk_mod.create(root.path, path, size, mode=mode or 'overlay',
+                          instance=req.name, image=req.image_id,
+                          cluster_size=conf.amiboot.overlay_cluster_size)
+    utils.fdatasync(path)
+    timings['disk'] = time.monotonic() - t
+    return Disk(path, fmt, False, False)
+
+
 def prepare(conf, cache, req, virt_type=None, attach_method=None,
             owner=None, settings=None):
     """Prepare instance ``req`` under the cache's instances dir.
@@ -374,17 +504,23 @@ def prepare(conf, cache, req, virt_type=None, attach_method=None,
         settings.default_cmdline, ami.properties.get('os_command_line'),
         req.boot_params, conf.amiboot.allowed_boot_params,
         instance=req.name, image=req.image_id)
+    # Decided, and the layer checked, before any disk work.
+    layer_spec = None
+    if provision_mode(conf, ami, ramdisk_meta(cache.source, ami),
+                      req.name) == 'guest':
+        layer_spec = provision_spec(req, conf)
     # Pinned until the disk and the links mark the bases as used: a cache
     # clean-up running meanwhile must not take them.
     with cache.pinning():
         return _prepare(conf, cache, req, cmdline, settings, attach_method,
-                        timings, t0, owner)
+                        timings, t0, owner, layer_spec)
 
 
 def _prepare(conf, cache, req, cmdline, settings, attach_method, timings,
-             t0, owner):
+             t0, owner, layer_spec=None):
     _ami, root, kernel, ramdisk = fetch_triplet(cache, req.image_id,
-                                                req.flavor, req.name)
+                                                req.flavor, req.name,
+                                                facts=layer_spec is None)
     timings['fetch'] = time.monotonic() - t0
 
     idir = os.path.join(cache.instances_path, req.uuid)
@@ -395,15 +531,25 @@ def _prepare(conf, cache, req, cmdline, settings, attach_method, timings,
     # while the disk is attached and written (the tools run as other
     # processes), off the critical path.
     pool = futures.ThreadPoolExecutor(thread_name_prefix='amiboot-copy')
-    copies = [pool.submit(private_copy, kernel.path, kpath),
-              pool.submit(private_copy, ramdisk.path, rpath)]
+    copies = [pool.submit(private_copy, kernel.path, kpath)]
+    if layer_spec is None:
+        copies.append(pool.submit(private_copy, ramdisk.path, rpath))
+    else:
+        # The guest route: the ARI and the instance's layer.
+        copies.append(pool.submit(instance_ramdisk, ramdisk.path, rpath,
+                                  layer_spec))
     # No more work for it: its threads end with the copies.
     pool.shutdown(wait=False)
     try:
         disk = os.path.join(idir, 'disk')
-        made = prepare_disk(conf, cache, req, root, disk,
-                            mode=settings.disk_mode,
-                            attach_method=attach_method, timings=timings)
+        if layer_spec is None:
+            made = prepare_disk(conf, cache, req, root, disk,
+                                mode=settings.disk_mode,
+                                attach_method=attach_method,
+                                timings=timings)
+        else:
+            made = guest_disk(conf, req, root, disk, mode=settings.disk_mode,
+                              timings=timings)
         fmt, grown = made.format, made.grown
         for copy in copies:
             copy.result()
@@ -439,8 +585,11 @@ def _prepare(conf, cache, req, cmdline, settings, attach_method, timings,
                 action="preparing instance %s" % req.name) from e
         raise
     timings['total'] = time.monotonic() - t0
-    LOG.info("Instance %(name)s prepared in %(t).3fs (%(steps)s)",
+    mode = 'host' if layer_spec is None else 'guest'
+    LOG.info("Instance %(name)s prepared in %(t).3fs (%(steps)s; "
+             "provisioning: %(mode)s)",
              {'name': req.name, 't': timings['total'],
-              'steps': ', '.join('%s %.3fs' % kv for kv in timings.items())})
+              'steps': ', '.join('%s %.3fs' % kv for kv in timings.items()),
+              'mode': mode})
     return Prepared(idir, disk, fmt, kpath, rpath, cmdline, log, xml, grown,
-                    timings)
+                    timings, mode)

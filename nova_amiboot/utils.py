@@ -8,8 +8,11 @@ import tempfile
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
+from oslo_utils import units
+import tenacity
 
 from nova_amiboot import exception
+from nova_amiboot import meta
 
 LOG = logging.getLogger(__name__)
 
@@ -99,6 +102,23 @@ def execute_quick(*cmd, timeout=None):
     return out, err
 
 
+def poll(look, timeout, interval, until=bool, before_sleep=None):
+    """Call ``look()`` every ``interval`` s until ``until(result)`` holds.
+
+    Returns that result, or the last one when ``timeout`` seconds pass
+    first (the caller decides what a timeout means). An exception from
+    ``look`` is not retried: it propagates at once. ``before_sleep`` (no
+    arguments) runs before each wait.
+    """
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_fixed(interval),
+        retry=tenacity.retry_if_not_result(until),
+        before_sleep=before_sleep and (lambda state: before_sleep()),
+        retry_error_callback=lambda state: state.outcome.result(),
+    )(look)
+
+
 def one_line(text, limit=500):
     """Tool output as one bounded line, for an error message.
 
@@ -123,38 +143,6 @@ def _kill(proc):
 
 # --- scratch directories that survive a crash of their owner ----------------
 
-_OWNER = 'owner'
-
-
-def _start_time(pid):
-    """The kernel's start time of process ``pid`` (tells pid reuse apart)."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[19]
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def write_owner(path):
-    """Record this process (pid and start time) in file ``path``."""
-    pid = os.getpid()
-    with open(path, 'w') as f:
-        f.write('%d %s\n' % (pid, _start_time(pid)))
-
-
-def owner_dead(path):
-    """True if owner file ``path`` names a process that is gone.
-
-    False when there is no such file (or it is being written).
-    """
-    try:
-        with open(path) as f:
-            pid, start = f.read().split()
-        pid = int(pid)
-    except (OSError, ValueError):
-        return False
-    return _start_time(pid) != start
-
 
 def owned_tempdir(prefix, dir=None):
     """mkdtemp() that records its owner (pid and start time).
@@ -164,7 +152,7 @@ def owned_tempdir(prefix, dir=None):
     """
     path = tempfile.mkdtemp(prefix=prefix, dir=dir)
     try:
-        write_owner(os.path.join(path, _OWNER))
+        meta.write_owner(os.path.join(path, meta.OWNER))
     except BaseException:
         # Without its owner file nothing would ever reap it (a full disk
         # gets here).
@@ -185,7 +173,7 @@ def reap_stale_tempdirs(prefix, release=None, dir=None):
     top = dir or tempfile.gettempdir()
     for path in glob.glob(os.path.join(glob.escape(top), prefix + '*')):
         if not os.path.isdir(path) or \
-                not owner_dead(os.path.join(path, _OWNER)):
+                not meta.owner_dead(os.path.join(path, meta.OWNER)):
             continue
         LOG.warning("Removing %s, left by a process that died", path)
         if release:
@@ -197,7 +185,7 @@ def reap_stale_tempdirs(prefix, release=None, dir=None):
 
 # Less free space than this on a filesystem counts as full: a write of a
 # qcow2 cluster or a journal would fail there.
-FULL_MARGIN = 4 * 1024 * 1024
+FULL_MARGIN = 4 * units.Mi
 
 
 def fs_full(path):

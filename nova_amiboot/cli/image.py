@@ -12,6 +12,11 @@ from nova_amiboot.imagetools import ari
 from nova_amiboot.imagetools import diskimage
 from nova_amiboot.imagetools import glance
 from nova_amiboot.imagetools import snapshot
+from nova_amiboot import spawn
+
+# What an ARI built by this project declares (spawn.provision_mode): its
+# /init applies the per-instance provisioning layer.
+BUILT_ARI_PROPERTIES = {spawn.PROVISION_PROPERTY: 'guest'}
 
 
 class ImportImage(common.ShowOne):
@@ -35,12 +40,18 @@ class ImportImage(common.ShowOne):
                        action=parseractions.KeyValueAction,
                        help='image property, e.g. os_command_line=...; '
                        'repeatable')
+        p.add_argument('--ramdisk-property', metavar='KEY=VALUE',
+                       action=parseractions.KeyValueAction,
+                       help='property of the ARI, e.g. amiboot_provision='
+                       'guest for one from build-ari (its /init provisions '
+                       'in the guest); repeatable')
         return p
 
     def take_action(self, a):
-        meta = self.cloud.import_triplet(a.name, a.kernel, a.ramdisk, a.root,
-                                         dict(a.property or {}),
-                                         root_format=a.root_format)
+        meta = self.cloud.import_triplet(
+            a.name, a.kernel, a.ramdisk, a.root, dict(a.property or {}),
+            root_format=a.root_format,
+            ramdisk_properties=dict(a.ramdisk_property or {}))
         return self.record(a, common.image_row(meta))
 
 
@@ -82,8 +93,10 @@ class ImageFromDisk(common.ShowOne):
                                      label=a.label,
                                      append=' '.join(a.append or ()))
             props.setdefault('os_command_line', trip.cmdline)
-            meta = cloud.import_triplet(a.name, trip.kernel, trip.ramdisk,
-                                        trip.root, props)
+            # Its ARI is ours (build_ari): it provisions in the guest.
+            meta = cloud.import_triplet(
+                a.name, trip.kernel, trip.ramdisk, trip.root, props,
+                ramdisk_properties=BUILT_ARI_PROPERTIES)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         row = common.image_row(meta)
@@ -223,7 +236,10 @@ class BuildAri(common.ShowOne):
     """Build an ARI for a cloud kernel.
 
     Loads its virtio modules in dependency order, mounts root= and
-    switch_roots into init.
+    switch_roots into init; applies the per-instance provisioning layer
+    (grow ext4/XFS/btrfs, key, hostname, ...) when one follows it. Import
+    it with --ramdisk-property amiboot_provision=guest to have instances
+    provisioned in the guest.
     """
 
     needs_cloud = False
@@ -245,7 +261,10 @@ class BuildAri(common.ShowOne):
         order = ari.build_ari(a.output, modules_dir=a.modules_dir,
                               kernel_package=a.kernel_package,
                               modules=a.module or ari.DEFAULT_MODULES)
-        return self.record(a, {'output': a.output, 'modules': order})
+        return self.record(a, {
+            'output': a.output, 'modules': order,
+            'ramdisk_properties': ' '.join(
+                '%s=%s' % kv for kv in sorted(BUILT_ARI_PROPERTIES.items()))})
 
 
 class BuildAmi(common.ShowOne):

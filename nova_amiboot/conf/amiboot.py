@@ -113,6 +113,34 @@ running guests. tools/setup-host.sh and the devstack plugin create it.
 """),
 ]
 
+provision_opts = [
+    cfg.StrOpt('provision',
+               default='auto',
+               choices=[('auto', 'guest when the image declares it (property '
+                         'amiboot_provision=guest on the AMI or its ARI), '
+                         'else host'),
+                        ('host', 'always on the host: the filesystem is '
+                         'grown and written from user space (e2fsprogs, in '
+                         'the sandbox); ext2/3/4 only'),
+                        ('guest', 'always in the guest: an image that does '
+                         'not declare it is refused')],
+               help="""
+Where first-boot provisioning (growing the root filesystem, SSH key,
+hostname, password, NoCloud seed, injected files) is done. ``host`` is the
+route of earlier releases: the instance disk is attached to the host and its
+ext2/3/4 filesystem edited from user space. ``guest``: the host attaches
+nothing and runs no filesystem tool on the instance disk; the instance's
+private ramdisk copy is its ARI followed by a small per-instance archive
+(nova_amiboot.layer, format v1) that the ARI's /init applies after mounting
+the root read-write and before switch_root, with the kernel's own
+filesystem code (ext4, XFS and btrfs). Only an ARI that carries that /init
+(built by ``amiboot image build-ari`` or ``from-disk`` of this release) can
+do it, which is why the image has to declare it; the ARI's bytes are never
+inspected. Today only the ``amiboot`` command (the local route) honours
+``guest``; nova's driver provisions on the host.
+"""),
+]
+
 inject_opts = [
     cfg.BoolOpt('inject_key',
                 default=True,
@@ -160,7 +188,8 @@ default list because they hand the guest's first process to the requester.
 ]
 
 
-ALL_OPTS = cache_opts + disk_opts + inject_opts + boot_opts
+ALL_OPTS = (cache_opts + disk_opts + provision_opts + inject_opts +
+            boot_opts)
 
 
 def register_opts(conf):

@@ -12,6 +12,7 @@ metadata makes a 16 MiB overlay instead of 3 MiB.
 import os
 
 from oslo_log import log as logging
+from oslo_utils import units
 
 from nova_amiboot import exception
 from nova_amiboot import sandbox
@@ -19,7 +20,7 @@ from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
+MiB = units.Mi
 
 
 def _tree_bytes(tree):

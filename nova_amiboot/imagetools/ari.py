@@ -28,6 +28,16 @@ from nova_amiboot import utils
 LOG = logging.getLogger(__name__)
 
 DEFAULT_MODULES = ('virtio_pci', 'virtio_blk', 'virtio_net')
+# The root filesystems the ARI serves, by blkid TYPE: the module that
+# serves each (ext2/3 are served by ext4). Built in or a module; /init
+# loads only the one its root needs.
+DEFAULT_FS_MODULES = {'ext4': 'ext4', 'xfs': 'xfs', 'btrfs': 'btrfs'}
+# The growers /init runs on the guest's mounted root (first-boot
+# provisioning, nova_amiboot.layer), copied from the host with their
+# libraries, by package.
+PROVISION_TOOLS = (('resize2fs', 'e2fsprogs'), ('xfs_growfs', 'xfsprogs'),
+                   ('btrfs', 'btrfs-progs'))
+_TOOL_PATH = '/usr/sbin:/usr/bin:/sbin:/bin'
 _MODULE_SUFFIXES = ('.ko', '.ko.xz', '.ko.zst', '.ko.gz')
 # Fixed timestamp for every archive member, so the ARI is reproducible.
 _EPOCH = 946684800
@@ -41,16 +51,26 @@ mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 
+log() { echo "amiboot-ari: $*" > /dev/console; }
+now() { read -r up _rest < /proc/uptime; echo "$up"; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+t_init=$(now)
+log "started at $t_init s"
+
 fail() {
-    echo "amiboot-ari: $*" > /dev/console
-    echo "amiboot-ari: powering off in 5 seconds" > /dev/console
+    log "$*"
+    log "powering off in 5 seconds"
     sleep 5
     poweroff -f
 }
 
-for m in $(cat /etc/amiboot-ari/modules); do
-    insmod "/lib/modules/$m.ko" || echo "amiboot-ari: cannot load $m"
-done
+load_modules() {
+    for m in $(cat "$1"); do
+        grep -q "^$m " /proc/modules && continue
+        insmod "/lib/modules/$m.ko" || log "cannot load $m"
+    done
+}
+load_modules /etc/amiboot-ari/modules
 
 root=; rootfstype=; rootflags=; mode=ro; init=/sbin/init; rootdelay=30
 for arg in $(cat /proc/cmdline); do
@@ -78,13 +98,261 @@ while :; do
     usleep 100000
 done
 
-opts="$mode"
-[ -n "$rootflags" ] && opts="$opts,$rootflags"
+# The filesystem's own modules (xfs, btrfs: modules in cloud kernels),
+# only the one the root needs, known by its superblock's magic (busybox
+# may have no blkid); an unknown one gets them all.
+sb() { dd if="$dev" bs="$2" skip="$(($1 / $2))" count=1 2>/dev/null; }
+probe=$rootfstype
+if [ -z "$probe" ]; then
+    if [ "$(sb 0 4)" = XFSB ]; then probe=xfs
+    elif [ "$(sb 65600 8)" = _BHRfS_M ]; then probe=btrfs
+    elif [ "$(sb 1080 2 | od -An -tx1 | tr -d ' ')" = 53ef ]; then probe=ext4
+    fi
+fi
+case "$probe" in ext2|ext3) probe=ext4 ;; esac
+t_mod=$(now)
+if [ -n "$probe" ] && [ -f "/etc/amiboot-ari/fs/$probe" ]; then
+    load_modules "/etc/amiboot-ari/fs/$probe"
+else
+    for f in /etc/amiboot-ari/fs/*; do load_modules "$f"; done
+fi
+[ -s "/etc/amiboot-ari/fs/$probe" ] &&
+    log "loaded the $probe modules in $(since "$t_mod") s"
+
+# The per-instance provisioning layer (format v1), appended to this ARI
+# by nova_amiboot.layer: see doc/source/provisioning.rst.
+P=/amiboot/provision
+provision=
+if [ -f "$P/version" ]; then
+    if [ "$(cat $P/version)" = 1 ]; then
+        provision=1
+    else
+        log "provisioning layer version $(cat $P/version) unknown;" \
+            "not provisioning"
+    fi
+fi
+
+mopts="$mode"
+[ -n "$provision" ] && mopts=rw
+[ -n "$rootflags" ] && mopts="$mopts,$rootflags"
 fstype=
 [ -n "$rootfstype" ] && fstype="-t $rootfstype"
-mount $fstype -o "$opts" "$dev" /newroot || fail "cannot mount $dev"
+mount $fstype -o "$mopts" "$dev" /newroot || fail "cannot mount $dev"
+
+# guest_dir DIR [MODE]: the directory DIR of the guest, as a path under
+# /newroot, made (root-owned, MODE) where missing. Refused, with a line on
+# the console, if any component is a symbolic link or not a directory: no
+# path is resolved through a link, so none leads out of the guest's root.
+guest_dir() (
+    set -f
+    IFS=/
+    d=/newroot
+    for c in $1; do
+        [ -n "$c" ] || continue
+        d="$d/$c"
+        if [ -L "$d" ]; then
+            log "refusing $2: ${d#/newroot} is a symbolic link"
+            exit 1
+        elif [ ! -e "$d" ]; then
+            mkdir -m "${3:-755}" "$d" && chown 0:0 "$d" || {
+                log "refusing $2: cannot make ${d#/newroot}"; exit 1; }
+        elif [ ! -d "$d" ]; then
+            log "refusing $2: ${d#/newroot} is not a directory"
+            exit 1
+        fi
+    done
+    echo "$d"
+)
+
+# target FILE: FILE of the guest under /newroot, its directories made;
+# refused if it is a link or not a regular file.
+target() {
+    tdir=$(guest_dir "${1%/*}" "$1" "${2:-755}") || return 1
+    t="$tdir/${1##*/}"
+    if [ -L "$t" ]; then
+        log "refusing $1: it is a symbolic link"; return 1
+    elif [ -e "$t" ] && [ ! -f "$t" ]; then
+        log "refusing $1: not a regular file"; return 1
+    fi
+    echo "$t"
+}
+
+# install_file SRC GUESTFILE MODE [GID]: whole or unchanged (rename).
+install_file() {
+    t=$(target "$2") || return 1
+    tmp="${t%/*}/.amiboot-new"
+    rm -f "$tmp" && cat "$1" > "$tmp" && chown "0:${4:-0}" "$tmp" &&
+        chmod "$3" "$tmp" && mv -f "$tmp" "$t" || {
+        rm -f "$tmp"; log "cannot write $2"; return 1; }
+}
+
+gib() {
+    awk -v k="$1" 'BEGIN { if (k >= 1048576) printf "%.1f GiB", k / 1048576
+                           else printf "%.0f MiB", k / 1024 }'
+}
+fs_kb() { df -Pk /newroot | awk 'NR == 2 { print $2 }'; }
+
+p_grow() {
+    t0=$(now)
+    type=$(awk '$2 == "/newroot" { print $3 }' /proc/mounts | tail -n 1)
+    before=$(fs_kb)
+    case "$type" in
+        ext2|ext3|ext4) out=$(/usr/sbin/resize2fs "$dev" 2>&1) ;;
+        xfs) out=$(/usr/sbin/xfs_growfs -d /newroot 2>&1) ;;
+        btrfs) out=$(/usr/sbin/btrfs filesystem resize max /newroot 2>&1) ;;
+        *) log "not growing /: no grower for $type"; return 1 ;;
+    esac
+    rc=$?
+    if [ "$rc" != 0 ]; then
+        log "cannot grow / ($type): $(echo "$out" | tail -n 1)"
+        return 1
+    fi
+    after=$(fs_kb)
+    if [ "$after" = "$before" ]; then
+        log "/ fills its device already: $(gib "$after") ($type), checked" \
+            "in $(since "$t0") s"
+    else
+        log "grew / from $(gib "$before") to $(gib "$after") ($type) in" \
+            "$(since "$t0") s"
+    fi
+}
+
+MARKER='# The following ssh key was injected by nova-amiboot'
+p_keys() {
+    t0=$(now)
+    guest_dir /root /root/.ssh/authorized_keys 700 > /dev/null || return 1
+    sshdir=$(guest_dir /root/.ssh /root/.ssh/authorized_keys 700) ||
+        return 1
+    chown 0:0 "$sshdir" && chmod 700 "$sshdir"
+    ak=$(target /root/.ssh/authorized_keys) || return 1
+    new="$sshdir/.amiboot-keys"
+    rm -f "$new"
+    if [ -f "$ak" ]; then cat "$ak" > "$new"; else : > "$new"; fi
+    added=0; kept=0
+    while IFS= read -r key; do
+        [ -n "$key" ] || continue
+        if grep -qxF -- "$key" "$new"; then
+            kept=$((kept + 1))
+        else
+            # A file without a final newline must not swallow the marker.
+            [ -s "$new" ] && [ "$(tail -c 1 "$new" | od -An -c |
+                tr -d ' ')" != '\n' ] && echo >> "$new"
+            printf '%s\n%s\n' "$MARKER" "$key" >> "$new"
+            added=$((added + 1))
+        fi
+    done < $P/ssh-keys
+    install_file "$new" /root/.ssh/authorized_keys 600
+    r=$?
+    rm -f "$new"
+    [ "$r" = 0 ] || return 1
+    log "ssh keys in /root/.ssh/authorized_keys: $added added," \
+        "$kept already there, in $(since "$t0") s"
+}
+
+p_hostname() {
+    install_file $P/hostname /etc/hostname 644 &&
+        log "hostname $(cat $P/hostname)"
+}
+
+p_password() {
+    sh=$(target /etc/shadow) || return 1
+    hash=$(cat $P/password-hash)
+    gid=0; perm=600
+    if [ -f "$sh" ]; then
+        gid=$(stat -c %g "$sh"); perm=$(stat -c %a "$sh")
+    fi
+    tmp=/tmp/amiboot-shadow
+    mkdir -p /tmp
+    { [ -f "$sh" ] && cat "$sh"; } | awk -F: -v OFS=: -v h="$hash" '
+        $1 == "root" { $2 = h; found = 1 }
+        { print }
+        END { if (!found) print "root:" h ":::::::" }' > $tmp &&
+        install_file $tmp /etc/shadow "$perm" "$gid" &&
+        log "root password set in /etc/shadow"
+}
+
+p_seed() {
+    seed=/var/lib/cloud/seed/nocloud
+    for f in meta-data user-data; do
+        install_file "$P/seed/$f" "$seed/$f" 600 || return 1
+    done
+    log "NoCloud seed in $seed ($(wc -c < $P/seed/user-data) bytes" \
+        "of user data)"
+}
+
+p_files() {
+    n=0; bad=0
+    for f in $P/files/*; do
+        [ -f "$f/path" ] || continue
+        path=$(cat "$f/path")
+        if install_file "$f/content" "$path" 644; then
+            n=$((n + 1))
+        else
+            bad=$((bad + 1))
+        fi
+    done
+    log "$n injected file(s) written"
+    [ "$bad" = 0 ]
+}
+
+# SELinux guests relabel at their next boot (what we wrote is unlabelled).
+p_relabel() {
+    [ -d /newroot/etc/selinux ] && [ ! -L /newroot/etc/selinux ] || return 0
+    t=$(target /.autorelabel) && : > "$t" && log "SELinux relabel arranged"
+}
+
+# The layer is applied once: its digest (names, sizes, bytes) is kept in
+# the guest; a later boot with the same layer only grows the root (after
+# a resize), so what the tenant changed since stays changed. A new layer
+# (a rebuild, a new key) is applied again.
+STAMP=/var/lib/amiboot/provisioned
+layer_digest() {
+    find $P -type f | sort | while IFS= read -r f; do
+        echo "${f#$P/} $(wc -c < "$f")"; cat "$f"
+    done | sha256sum | cut -d' ' -f1
+}
+
+if [ -n "$provision" ]; then
+    t_prov=$(now)
+    [ -f $P/grow ] && { p_grow || log "boots on with / not grown"; }
+    digest=$(layer_digest)
+    stamp=$(target $STAMP 2>/dev/null)
+    if [ -n "$stamp" ] && [ -f "$stamp" ] &&
+            [ "$(cat "$stamp")" = "$digest" ]; then
+        log "layer $(echo "$digest" | cut -c1-12) applied already"
+    else
+        ok=1
+        [ -f $P/ssh-keys ] && { p_keys || {
+            ok=; log "boots on without the key"; }; }
+        [ -f $P/hostname ] && { p_hostname || {
+            ok=; log "boots on, hostname unset"; }; }
+        [ -f $P/password-hash ] && { p_password || {
+            ok=; log "boots on, root password unset"; }; }
+        [ -f $P/seed/meta-data ] && { p_seed || {
+            ok=; log "boots on without a seed"; }; }
+        [ -d $P/files ] && { p_files || {
+            ok=; log "boots on without the files"; }; }
+        p_relabel || ok=
+        if [ -n "$ok" ]; then
+            mkdir -p /tmp && echo "$digest" > /tmp/amiboot-stamp &&
+                install_file /tmp/amiboot-stamp $STAMP 600 &&
+                log "layer $(echo "$digest" | cut -c1-12) applied"
+        else
+            log "layer $(echo "$digest" | cut -c1-12) applied in part;" \
+                "again at the next boot"
+        fi
+    fi
+    sync
+    if [ "$mode" = ro ]; then
+        mount -o remount,ro /newroot ||
+            log "cannot remount / read-only"
+    fi
+    log "provisioned in $(since "$t_prov") s"
+fi
+
 [ -x "/newroot$init" ] || [ -L "/newroot$init" ] || fail "no $init on $dev"
 
+log "switch_root at $(now) s, $(since "$t_init") s after /init started"
 for fs in dev proc sys; do
     if [ -d "/newroot/$fs" ]; then
         mount --move "/$fs" "/newroot/$fs"
@@ -227,6 +495,56 @@ def _decompress_module(src, dst):
         f.write(res.out)
 
 
+def find_tool(name, package=None):
+    """The host's binary ``name``, or ARIBuildFailed naming its package."""
+    path = shutil.which(name, path=_TOOL_PATH)
+    if not path:
+        raise exception.ARIBuildFailed(
+            reason="%s not found on this host (install %s)"
+                   % (name, package or name))
+    return path
+
+
+def _libraries(binary):
+    """Paths of the shared objects ``binary`` loads, its interpreter too.
+
+    As initramfs-tools' copy_exec does: ldd's answer, on the host's own
+    (trusted) binaries, never on an image's.
+    """
+    try:
+        out, _err = utils.execute('ldd', binary)
+    except exception.CommandFailed:
+        return []           # static: nothing to copy
+    libs = []
+    for line in out.splitlines():
+        m = re.match(r'\s*(?:\S+\s+=>\s+)?(/\S+)\s+\(0x', line)
+        if m:
+            libs.append(m.group(1))
+    return sorted(set(libs))
+
+
+def copy_exec(binary, tree, dest='usr/sbin'):
+    """Copy ``binary`` into ``tree``/``dest``, its libraries alongside.
+
+    Each library goes to the path ldd names (contents, not links: the
+    tree has no merged /usr), the ELF interpreter included.
+    """
+    target = os.path.join(tree, dest, os.path.basename(binary))
+    os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+    shutil.copyfile(os.path.realpath(binary), target)
+    os.chmod(target, 0o755)
+    copied = [target]
+    for lib in _libraries(binary):
+        out = os.path.join(tree, lib.lstrip('/'))
+        if os.path.exists(out):
+            continue
+        os.makedirs(os.path.dirname(out), mode=0o755, exist_ok=True)
+        shutil.copyfile(os.path.realpath(lib), out)
+        os.chmod(out, 0o755)
+        copied.append(out)
+    return copied
+
+
 def _write_cpio(tree, output):
     """Pack ``tree`` as a gzip'd newc cpio, sorted and with fixed times."""
     entries = []
@@ -253,12 +571,21 @@ def _write_cpio(tree, output):
 
 
 def build_ari(output, modules_dir=None, kernel_package=None,
-              modules=DEFAULT_MODULES, busybox='/bin/busybox'):
+              modules=DEFAULT_MODULES, busybox='/bin/busybox',
+              fs_modules=None, provision_tools=PROVISION_TOOLS):
     """Write an ARI for a kernel to ``output``; return the modules loaded.
 
     Give either the kernel's ``lib/modules/<version>`` directory or a kernel
     .deb package. ``busybox`` must be a static binary (busybox-static).
+    The returned modules are those loaded at every boot; ``fs_modules``
+    ({blkid type: module}, default DEFAULT_FS_MODULES, ``{}`` for none)
+    are included too and loaded only for a root of that type (a module
+    this kernel lacks is left out, with a warning). ``provision_tools``
+    ((binary, package) pairs) are the growers of first-boot provisioning,
+    copied from the host with their libraries (``()`` for none).
     """
+    if fs_modules is None:
+        fs_modules = DEFAULT_FS_MODULES
     if bool(modules_dir) == bool(kernel_package):
         raise exception.ARIBuildFailed(
             reason="give exactly one of a modules directory or a kernel "
@@ -279,6 +606,18 @@ def build_ari(output, modules_dir=None, kernel_package=None,
                 reason="modules directory %s not found" % modules_dir)
         index = ModuleIndex(modules_dir)
         order = index.load_order(modules)
+        fs_orders = {}
+        for fstype, module in sorted(fs_modules.items()):
+            try:
+                fs_orders[fstype] = [m for m in index.load_order([module])
+                                     if m not in order]
+            except exception.ModuleNotFound:
+                LOG.warning("ARI for %(dir)s: no %(mod)s module; a %(fs)s "
+                            "root needs it built in",
+                            {'dir': modules_dir, 'mod': module,
+                             'fs': fstype})
+        tools = [find_tool(name, package) for name, package in
+                 provision_tools]
         LOG.info("ARI for %(dir)s loads %(mods)s",
                  {'dir': modules_dir, 'mods': ' '.join(order)})
 
@@ -288,12 +627,23 @@ def build_ari(output, modules_dir=None, kernel_package=None,
             os.makedirs(os.path.join(tree, d), mode=0o755)
         shutil.copyfile(busybox, os.path.join(tree, 'bin/busybox'))
         os.chmod(os.path.join(tree, 'bin/busybox'), 0o755)
-        for name in order:
+        everything = order + sorted({m for o in fs_orders.values()
+                                     for m in o})
+        for name in everything:
             _decompress_module(index.files[name],
                                os.path.join(tree, 'lib/modules',
                                             name + '.ko'))
         with open(os.path.join(tree, 'etc/amiboot-ari/modules'), 'w') as f:
             f.write(''.join(m + '\n' for m in order))
+        os.makedirs(os.path.join(tree, 'etc/amiboot-ari/fs'), mode=0o755)
+        for fstype, fs_order in fs_orders.items():
+            with open(os.path.join(tree, 'etc/amiboot-ari/fs', fstype),
+                      'w') as f:
+                f.write(''.join(m + '\n' for m in fs_order))
+        for tool in tools:
+            copy_exec(tool, tree)
+        # The growers look for mounts in /etc/mtab.
+        os.symlink('/proc/mounts', os.path.join(tree, 'etc/mtab'))
         with open(os.path.join(tree, 'init'), 'w') as f:
             f.write(INIT_SCRIPT)
         os.chmod(os.path.join(tree, 'init'), 0o755)

@@ -35,6 +35,7 @@ import tempfile
 
 from oslo_log import log as logging
 from oslo_utils.imageutils import format_inspector
+from oslo_utils import units
 
 from nova_amiboot.imagetools import ari
 from nova_amiboot import attach
@@ -46,7 +47,7 @@ from nova_amiboot import sandbox
 
 LOG = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
+MiB = units.Mi
 # The partition table of a GPT or MBR disk (logical partitions aside) lives
 # in the first MiB; 4 MiB leaves room for unusual layouts.
 TABLE_BYTES = 4 * MiB
@@ -162,8 +163,8 @@ def inspect_source(src, image, conf):
             format_inspector.ImageFormatError) as e:
         raise exception.UnsafeImage(image=image, reason=str(e))
     info = safety._qemu_img_info(src, 'raw', image, conf)
-    vsize = int(info.get('virtual-size', 0))
-    limit = conf.amiboot.max_image_virtual_size_gb * 1024 ** 3
+    vsize = info.virtual_size
+    limit = conf.amiboot.max_image_virtual_size_gb * units.Gi
     if vsize > limit:
         raise exception.ImageTooLarge(image=image, size=vsize, limit=limit)
     return 'raw', vsize

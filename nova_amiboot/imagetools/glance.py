@@ -23,6 +23,8 @@ from nova_amiboot import exception
 LOG = logging.getLogger(__name__)
 
 # Local bookkeeping that means nothing in Glance.
+# spawn.PROVISION_PROPERTY (not imported: spawn pulls in the pipeline).
+PROVISION_PROPERTY = 'amiboot_provision'
 _LOCAL_ONLY = {'kernel_id', 'ramdisk_id', 'snapshot_of', 'base_image_ref'}
 # Glance's own fields in an image's JSON; everything else is a property.
 _GLANCE_FIELDS = {
@@ -163,8 +165,13 @@ def upload(conn, store, ami, progress=None):
     ids = {}
     for part_id, fmt in ((ami.kernel_id, 'aki'), (ami.ramdisk_id, 'ari')):
         meta = store.get_meta(part_id)
+        # The part's own properties (an ARI's amiboot_provision) go along;
+        # a part is reused only with them.
+        part_props = {k: str(v) for k, v in meta.properties.items()
+                      if k not in _LOCAL_ONLY}
         gid, how = _put(conn, meta, os.path.join(store.path, meta.id),
-                        meta.name, {}, progress)
+                        meta.name, part_props, progress,
+                        want=part_props or None)
         ids[fmt] = gid
         result[how].append(meta.name)
     props = {k: str(v) for k, v in ami.properties.items()
@@ -210,8 +217,13 @@ def download(conn, cloud, name_or_id, name=None, progress=None):
         props = {k: v for k, v in ami.items()
                  if k not in _GLANCE_FIELDS and isinstance(v, str)}
         props['glance_id'] = image.id
+        # The ARI's declaration of guest provisioning comes along.
+        ari = _raw(conn, ami['ramdisk_id'])
+        ari_props = {k: ari[k] for k in (PROVISION_PROPERTY,)
+                     if isinstance(ari.get(k), str)}
         meta = cloud.import_triplet(name or ami['name'], paths['kernel'],
-                                    paths['ramdisk'], paths['root'], props)
+                                    paths['ramdisk'], paths['root'], props,
+                                    ramdisk_properties=ari_props)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return meta

@@ -4,7 +4,8 @@ The overlay is flattened into a bare raw filesystem (``qemu-img convert``
 from the format libvirt runs the disk with, never a probe: in copy mode the
 guest owns every byte of a raw disk, headers included), the per-instance
 injections are taken out again unless asked to keep them (the SSH key lines
-that nova-amiboot marked, the hostname, the NoCloud seed), and the
+that nova-amiboot marked, the hostname, the NoCloud seed, the guest-mode
+provisioning stamp), and the
 filesystem is shrunk with its free blocks zeroed like any new AMI. The
 snapshot keeps the source AMI's kernel, ramdisk and properties
 (``os_command_line`` included): it shares their AKI and ARI.
@@ -28,6 +29,9 @@ from nova_amiboot import sandbox
 LOG = logging.getLogger(__name__)
 
 SEED = '/var/lib/cloud/seed/nocloud'
+# Where the ARI keeps the digest of the provisioning layer it applied
+# (guest mode): an instance of the snapshot applies its own.
+STAMP = '/var/lib/amiboot/provisioned'
 
 
 def _disk_of(cloud, inst):
@@ -76,8 +80,8 @@ def remove_injected(fs, base_fs, work):
         else:
             fs.write('/etc/hostname', original.encode(), mode=0o644)
         removed.append('/etc/hostname')
-    for name in ('meta-data', 'user-data'):
-        path = '%s/%s' % (SEED, name)
+    seed = ['%s/%s' % (SEED, name) for name in ('meta-data', 'user-data')]
+    for path in seed + [STAMP]:
         if fs.kind(path) == 'file' and base_fs.kind(path) is None:
             fs.remove(path)
             removed.append(path)

@@ -38,6 +38,7 @@ from nova_amiboot.privileged import nbd as priv_nbd
 from nova_amiboot.privileged import net as priv_net
 from nova_amiboot import safety
 from nova_amiboot import spawn
+from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class Instance:
     created: float
     key_file: str = None
     cmdline: str = None
+    # 'host' or 'guest' (spawn.provision_mode); None in older records.
+    provision: str = None
     state: str = None          # filled from libvirt, not stored
 
     @property
@@ -104,11 +107,13 @@ class LocalCloud(object):
                                       source=self.store.name)
 
     def import_triplet(self, name, kernel, ramdisk, root, properties=None,
-                       root_format='ami'):
+                       root_format='ami', ramdisk_properties=None):
         """Check and store an AKI/ARI/AMI triplet; return the AMI's meta.
 
         All three files are inspected before anything is stored; a refusal
-        leaves the store as it was.
+        leaves the store as it was. ``properties`` go on the AMI,
+        ``ramdisk_properties`` on the ARI (amiboot_provision=guest for one
+        built by this project: spawn.provision_mode).
         """
         config.check_name('image', name)
         names = (name, name + '-kernel', name + '-ramdisk')
@@ -128,6 +133,7 @@ class LocalCloud(object):
                                  progress=self.progress)
             added.append(aki)
             ari = self.store.add(names[2], ramdisk, 'ari',
+                                 dict(ramdisk_properties or {}),
                                  progress=self.progress)
             added.append(ari)
             props = dict(properties or {})
@@ -306,6 +312,10 @@ class LocalCloud(object):
             meta.properties.get('os_command_line'), params,
             self.conf.amiboot.allowed_boot_params, instance=name,
             image=meta.name)
+        # Where it is provisioned, decided here too: an image refused for
+        # guest mode costs no tap.
+        spawn.provision_mode(self.conf, meta,
+                             spawn.ramdisk_meta(self.store, meta), name)
         key = config.read_key_file(key_file, name) if key_file else None
         self._check_domain_name(name)
         virt_type = self.virt_type_for(meta)
@@ -333,7 +343,8 @@ class LocalCloud(object):
                             network=net_record, created=time.time(),
                             key_file=os.path.abspath(key_file)
                             if key_file else None,
-                            cmdline=prepared.cmdline)
+                            cmdline=prepared.cmdline,
+                            provision=prepared.provision)
             self._save(inst)
             if start:
                 self.host.define_and_start(xml)
@@ -419,9 +430,7 @@ class LocalCloud(object):
                 dom.shutdown()      # ACPI power button
             except libvirt.libvirtError:
                 pass
-            deadline = time.monotonic() + timeout
-            while dom.isActive() and time.monotonic() < deadline:
-                time.sleep(0.2)
+            utils.poll(lambda: not dom.isActive(), timeout, 0.2)
             if dom.isActive():
                 dom.destroy()
         return self.get(name)

@@ -26,6 +26,8 @@ import time
 from lxml import etree
 from oslo_log import log as logging
 
+from nova_amiboot import utils
+
 LOG = logging.getLogger(__name__)
 
 QEMU_CONF = '/etc/libvirt/qemu.conf'
@@ -143,13 +145,20 @@ def kvm_boots(kernel, timeout=KVM_PROBE_SECONDS):
     out = b''
     try:
         os.set_blocking(p.stdout.fileno(), False)
-        while time.monotonic() - t < timeout and p.poll() is None:
-            chunk = p.stdout.read() or b''
-            out += chunk
-            if b'Linux version' in out:
-                return True, 'a kernel booted under KVM in %.1f s' % (
-                    time.monotonic() - t)
-            time.sleep(0.1)
+
+        def look():
+            # True: booted; False: QEMU exited; None: look again.
+            nonlocal out
+            if p.poll() is not None:
+                return False
+            out += p.stdout.read() or b''
+            return True if b'Linux version' in out else None
+
+        booted = utils.poll(look, timeout, 0.1,
+                            until=lambda seen: seen is not None)
+        if booted:
+            return True, 'a kernel booted under KVM in %.1f s' % (
+                time.monotonic() - t)
         out += p.stdout.read() or b''
     finally:
         if p.poll() is None:

@@ -19,14 +19,16 @@ import os
 import re
 import stat
 import subprocess
-import time
 
 from oslo_concurrency import processutils
 
 from nova_amiboot import exception
 import nova_amiboot.privileged
 from nova_amiboot import e2fs
+from nova_amiboot import meta
+from nova_amiboot import qemuimg
 from nova_amiboot import sandbox
+from nova_amiboot import utils
 
 _DEVICE = re.compile(r'/dev/nbd[0-9]{1,4}')
 # Nova's and amiboot's instance directories are named by uuid; the base
@@ -41,9 +43,6 @@ _BASE_NAME = re.compile(r'[0-9a-f]{40}(?:\.part-[0-9]{1,10})?')
 # The base directory: nova's [image_cache] subdirectory_name (default
 # _base), directly under the instances path, a plain name.
 _BASE_DIR = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}')
-# The recorded base of an overlay (nova_amiboot.disk.record_backing): a
-# trusted xattr, which only root can write.
-_BACKING_XATTR = 'trusted.amiboot.backing'
 # Devices this process connected: only those are disconnected or handed
 # to a tool.
 _CONNECTED = set()
@@ -141,13 +140,6 @@ def _check_base(path):
     return _open_nofollow(path)
 
 
-def _recorded_backing(fd):
-    try:
-        return os.fsdecode(os.getxattr(fd, _BACKING_XATTR))
-    except OSError:
-        return None
-
-
 def _check_connected(device):
     _check_device(device)
     if device not in _CONNECTED:
@@ -165,7 +157,8 @@ def _info(fd, fmt):
                              '--output=json', r.fd(fd)])
     except exception.AmibootException as e:
         raise ValueError("qemu-img info failed: %s" % e)
-    return json.loads(res.out)
+    # Read by oslo.utils; checked here, by root, whatever the caller did.
+    return qemuimg.result(res)
 
 
 def image_opts(disk_fd, fmt, backing_fd=None):
@@ -193,10 +186,9 @@ def _qemu_nbd_connect(device, opts, fds):
                     opts], pass_fds=fds, check=True,
                    capture_output=True, timeout=120)
     pidfile = '/sys/block/%s/pid' % os.path.basename(device)
-    for _i in range(200):
-        if os.path.exists(pidfile):
-            break
-        time.sleep(0.05)
+    # Up to 10 s (200 looks, 50 ms apart); a missing pidfile then fails
+    # the open below.
+    utils.poll(lambda: os.path.exists(pidfile), 10, 0.05)
     try:
         with open(pidfile) as f:
             pid = int(f.read().strip())
@@ -246,20 +238,18 @@ def connect(device, path, fmt):
         backing_fd = None
         if fmt == 'qcow2':
             info = _info(fds[0], 'qcow2')
-            if info.get('format-specific', {}).get('data', {}).get(
-                    'data-file'):
+            if qemuimg.data_file(info):
                 raise ValueError("%s has an external data file" % path)
             # The base recorded when the overlay was made, where there is
             # one (the header is the guest's QEMU's to rewrite), else the
             # header's, which must still be a base of this host.
-            backing = _recorded_backing(fds[0]) or \
-                info.get('backing-filename')
+            backing = meta.recorded_backing(fds[0]) or \
+                info.backing_file
             if backing:
                 # Relative to the disk's directory, as QEMU reads it.
                 backing = os.path.normpath(os.path.join(
                     os.path.dirname(path), backing))
-                if info.get('backing-filename-format') not in (None,
-                                                               'raw'):
+                if info.backing_file_format not in (None, 'raw'):
                     raise ValueError("%s: backing file is not raw" % path)
                 backing_fd = _check_base(backing)
                 fds.append(backing_fd)

@@ -16,7 +16,6 @@ instance is stock nova:
 
 import base64
 import binascii
-import json
 import os
 
 from nova import exception as nova_exception
@@ -30,7 +29,7 @@ from nova_amiboot import bootparams
 from nova_amiboot.conf import CONF
 from nova_amiboot import domain
 from nova_amiboot import exception
-from nova_amiboot import sandbox
+from nova_amiboot import qemuimg
 from nova_amiboot import spawn
 from nova_amiboot.virt import errors
 from nova_amiboot.virt import imagebackend
@@ -71,19 +70,17 @@ def _shared_base(disk_path, base_dir):
     """
     try:
         # A disk the guest's QEMU can write: read in the sandbox.
-        out = sandbox.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
-                           '--output=json', disk_path], disk_path,
-                          files=[disk_path], timeout=60).text
-        info = json.loads(out)
+        info = qemuimg.info(disk_path, 'qcow2', force_share=True,
+                            timeout=60)
     except (exception.AmibootException, ValueError) as e:
         LOG.warning("Cannot read the backing file of %(disk)s: %(err)s",
                     {'disk': disk_path, 'err': e})
         return None
     # Read through a descriptor: a relative name is relative to the disk.
-    backing = info.get('backing-filename')
+    backing = info.backing_file
     if backing and not os.path.isabs(backing):
         backing = os.path.join(os.path.dirname(disk_path), backing)
-    if not backing or info.get('backing-filename-format') != 'raw':
+    if not backing or info.backing_file_format != 'raw':
         return None
     if (os.path.islink(backing)
             or os.path.dirname(os.path.realpath(backing))

@@ -108,6 +108,12 @@ NOVA_EXCEPTION = {
     exception.DomainNotOwned: _generic,
     exception.InvalidInterfaceName: _generic,
     exception.DomainNameTaken: _generic,
+    # Guest-mode provisioning: a request the layer's grammar refuses (a
+    # user's key, hostname, files) ends the build as bad input; guest mode
+    # forced on an image that does not declare it is the image's, and no
+    # other host would boot it differently.
+    exception.InvalidProvisionSpec: _invalid_input,
+    exception.GuestProvisionNotDeclared: _image_unacceptable,
 }
 
 

@@ -22,18 +22,20 @@ base. For an AMI root that means:
 
 import contextlib
 import contextvars
-import json
 import os
 import shutil
 
 from nova.virt.libvirt import imagebackend
 from oslo_log import log as logging
+from oslo_utils import units
 
 from nova_amiboot import attach
 from nova_amiboot import cache as cache_mod
 from nova_amiboot.conf import CONF
 from nova_amiboot import disk as disk_mod
 from nova_amiboot import grow
+from nova_amiboot import meta
+from nova_amiboot import qemuimg
 from nova_amiboot import sandbox
 from nova_amiboot import spawn
 from nova_amiboot import utils
@@ -41,7 +43,7 @@ from nova_amiboot.virt import errors
 from nova_amiboot.virt import glance
 
 LOG = logging.getLogger(__name__)
-GiB = 1024 ** 3
+GiB = units.Gi
 
 # Per call of the driver, for the backend objects nova makes on the way
 # (nova passes neither to Image.cache()): the instance whose disk is the
@@ -79,10 +81,8 @@ def image_cache(context, trusted_certs=None):
 
 def virtual_size(path):
     # A disk the guest's QEMU can write: read in the sandbox.
-    out = sandbox.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
-                       '--output=json', path], path, files=[path],
-                      timeout=60).text
-    return json.loads(out)['virtual-size']
+    return qemuimg.info(path, 'qcow2', force_share=True,
+                        timeout=60).virtual_size
 
 
 class AmibootQcow2(imagebackend.Qcow2):
@@ -202,7 +202,7 @@ class AmibootQcow2(imagebackend.Qcow2):
             # states the backing (the recorded base, or the image's base
             # in this host's cache for a disk copied here by a migration).
             disk_mod.check_header(self.path, 'qcow2', inst.uuid)
-            base = disk_mod.recorded_backing(self.path) or os.path.join(
+            base = meta.recorded_backing(self.path) or os.path.join(
                 CONF.instances_path, CONF.image_cache.subdirectory_name,
                 cache_mod.base_name(inst.image_ref))
             current = virtual_size(self.path)

@@ -92,7 +92,9 @@ class TestImages(CliTestCase):
 
     def test_import_records_what_glance_would(self):
         ami = self.import_testbed('tb', '--property',
-                                  'os_command_line=root=/dev/vda ro')
+                                  'os_command_line=root=/dev/vda ro',
+                                  '--ramdisk-property',
+                                  'amiboot_provision=guest')
         self.assertEqual('ami', ami['disk_format'])
         self.assertEqual('ami', ami['container_format'])
         self.assertEqual(os.path.getsize(self.testbed['root']), ami['size'])
@@ -104,6 +106,9 @@ class TestImages(CliTestCase):
                                                 kernel['disk_format']))
         ramdisk = self.json('image', 'show', 'tb-ramdisk')
         self.assertEqual(ami['ramdisk_id'], ramdisk['id'])
+        # The ARI's own property, not the AMI's.
+        self.assertEqual('guest', ramdisk['amiboot_provision'])
+        self.assertNotIn('amiboot_provision', ami)
         names = [i['name'] for i in self.json('image', 'list')]
         self.assertEqual(['tb', 'tb-kernel', 'tb-ramdisk'], names)
         table = self.amiboot('image', 'list').stdout
@@ -160,6 +165,7 @@ class TestImages(CliTestCase):
         res = self.json('image', 'build-ari', '--kernel-package',
                         self.testbed['kernel_package'], ari_out)
         self.assertEqual(self.testbed['modules'], res['modules'])
+        self.assertEqual('amiboot_provision=guest', res['ramdisk_properties'])
 
     def test_flavors(self):
         flavors = {f['name']: f for f in self.json('flavor', 'list')}

@@ -22,6 +22,7 @@ from nova_amiboot import attach
 from nova_amiboot import cache as cache_mod
 from nova_amiboot import grow
 from nova_amiboot import inject
+from nova_amiboot import meta
 from tests.functional import base
 from tests.functional import faultdriver
 from tests.functional import faults
@@ -290,7 +291,7 @@ class TestConcurrentBoots(FaultTestCase):
                                  build.sha256_file(copy))
                 self.assertEqual(
                     os.path.basename(c.path_for(image.id)).encode(),
-                    os.getxattr(copy, cache_mod.USED_BASE_XATTR))
+                    os.getxattr(copy, meta.USED_BASE))
             with attach.attached(disk, 'qcow2', self.conf) as tg:
                 tg.run('e2fsck', ['-fn'])
                 keys = inject.GuestFS(tg).read('/root/.ssh/authorized_keys')

@@ -1,6 +1,7 @@
 """Slow tier: a whole-disk Debian (GPT, ESP + root, its own cloud kernel)
 becomes a triplet with ``amiboot image from-disk`` and boots on a bigger
-flavor, reached by SSH with the injected key."""
+flavor, reached by SSH with the injected key (provisioned in the guest:
+from-disk declares its ARI's amiboot_provision=guest)."""
 
 import os
 import time
@@ -52,6 +53,9 @@ class TestWholeDiskDebian(test_cli.CliTestCase):
                          '--key-file', self.key + '.pub', '--wait',
                          '--timeout', '600')
         self.assertEqual('ready', inst['wait'])
+        # from-disk's ARI is ours and declared: grown and keyed by the
+        # guest's own /init, nothing attached on the host.
+        self.assertEqual('guest', inst['provision'])
         self.assertEqual('whole-disk test image\n',
                          ssh(self, 'dd1', 'cat', '/etc/amiboot-origin'))
         self.assertEqual(res['kernel_version'],

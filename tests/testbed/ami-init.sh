@@ -25,6 +25,19 @@ kv authorized_keys_stat "$(stat -c '%a %u %g %F' /root/.ssh/authorized_keys 2>/d
 kvfile authorized_keys /root/.ssh/authorized_keys
 kvfile shadow_root "/etc/shadow"
 kvfile user_data /var/lib/cloud/seed/nocloud/user-data
+kvfile meta_data /var/lib/cloud/seed/nocloud/meta-data
+kvfile etc_hostname /etc/hostname
+kv disk_bytes "$(( $(cat /sys/block/vda/size 2>/dev/null || echo 0) * 512 ))"
+# amiboot.report=/a,/b on the command line: those paths' stat (of the
+# path itself, a link not followed) and contents.
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in amiboot.report=*)
+        for p in $(echo "${arg#amiboot.report=}" | tr ',' ' '); do
+            kv "stat:$p" "$(stat -c '%a %u %g %F' "$p" 2>/dev/null)"
+            [ -L "$p" ] || kvfile "file:$p" "$p"
+        done ;;
+    esac
+done
 kv net "$(ls /sys/class/net | tr '\n' ' ')"
 echo "AMIBOOT-REPORT-END" > $out
 sync

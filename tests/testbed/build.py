@@ -3,7 +3,9 @@
 AKI: the kernel of Debian's linux-image-cloud-amd64 (downloaded with apt,
 unpacked, not installed). ARI: built by the product's own ARI builder. AMI:
 a small ext4 filesystem (no partition table) whose init reports facts on the
-serial console and powers off.
+serial console and powers off; the same tree as XFS (``mkfs.xfs -p``, a
+protofile) and btrfs (``mkfs.btrfs --rootdir``) AMIs, ``roots`` in the
+manifest. Nothing is mounted to build any of them.
 
 The cache key hashes every input (kernel package, busybox, the builder and
 this file), so a rerun with the same inputs costs nothing.
@@ -26,6 +28,10 @@ CACHE = os.environ.get('AMIBOOT_TESTBED_CACHE',
 KERNEL_META_PACKAGE = 'linux-image-cloud-amd64'
 BUSYBOX = '/bin/busybox'
 AMI_SIZE_MB = 32
+# mkfs.xfs refuses filesystems under 300 MiB (xfsprogs >= 5.19); btrfs
+# wants about 110 MiB for its default profiles. The images are sparse.
+FS_SIZE_MB = {'ext4': AMI_SIZE_MB, 'xfs': 300, 'btrfs': 128}
+FILESYSTEMS = ('ext4', 'xfs', 'btrfs')
 
 
 def sha256_file(path):
@@ -90,24 +96,93 @@ def _populate_rootfs(tree, hostname='amiboot-testbed'):
     os.chmod(os.path.join(tree, 'etc/shadow'), 0o640)
 
 
-def build_ami(output, size_mb=AMI_SIZE_MB):
-    with tempfile.TemporaryDirectory(prefix='amiboot-testbed-') as tmp:
-        tree = os.path.join(tmp, 'root')
-        os.makedirs(tree)
-        _populate_rootfs(tree)
-        part = output + '.part'
+def xfs_protofile(tree):
+    """A mkfs.xfs protofile (xfs_mkfs(8) "-p") for ``tree``.
+
+    Every entry is owned by root with the tree's modes; files,
+    directories and symbolic links.
+    """
+    lines = ['/dev/null', '0 0']
+
+    def entry(path, name):
+        st = os.lstat(path)
+        perm = '%03o' % (st.st_mode & 0o777)
+        suid = 'u' if st.st_mode & 0o4000 else '-'
+        sgid = 'g' if st.st_mode & 0o2000 else '-'
+        prefix = (name + ' ') if name else ''
+        if os.path.islink(path):
+            lines.append('%sl%s%s%s 0 0 %s' % (prefix, suid, sgid, perm,
+                                               os.readlink(path)))
+        elif os.path.isdir(path):
+            lines.append('%sd%s%s%s 0 0' % (prefix, suid, sgid, perm))
+            for child in sorted(os.listdir(path)):
+                if ' ' in child or '\n' in child:
+                    raise ValueError("protofile names cannot hold %r"
+                                     % child)
+                entry(os.path.join(path, child), child)
+            lines.append('$')
+        elif os.path.isfile(path):
+            lines.append('%s-%s%s%s 0 0 %s' % (prefix, suid, sgid, perm,
+                                               path))
+        else:
+            raise ValueError("no protofile entry for %s" % path)
+
+    entry(tree, None)
+    return '\n'.join(lines) + '\n'
+
+
+def mkfs(tree, part, fstype='ext4', size_mb=None):
+    """Make a ``fstype`` filesystem image ``part`` holding ``tree``."""
+    size_mb = size_mb or FS_SIZE_MB[fstype]
+    if fstype == 'ext4':
         subprocess.run(['mkfs.ext4', '-q', '-F', '-L', 'amiroot', '-d', tree,
                         '-T', 'default', '-b', '4096',
                         '-E', 'root_owner=0:0', part, '%dM' % size_mb],
                        check=True, capture_output=True)
+        return
+    with open(part, 'wb') as f:
+        f.truncate(size_mb << 20)
+    if fstype == 'xfs':
+        proto = part + '.proto'
+        with open(proto, 'w') as f:
+            f.write(xfs_protofile(tree))
+        try:
+            subprocess.run(['mkfs.xfs', '-q', '-f', '-L', 'amiroot', '-p',
+                            proto, part], check=True, capture_output=True)
+        finally:
+            os.unlink(proto)
+    elif fstype == 'btrfs':
+        subprocess.run(['mkfs.btrfs', '-q', '-f', '-L', 'amiroot',
+                        '--rootdir', tree, part], check=True,
+                       capture_output=True)
+    else:
+        raise ValueError("no test AMI on %s" % fstype)
+
+
+def build_ami(output, size_mb=None, fstype='ext4', customize=None):
+    """Write a reporting AMI on ``fstype``.
+
+    ``customize(tree)`` may change the tree first (a hostile AMI's links).
+    """
+    with tempfile.TemporaryDirectory(prefix='amiboot-testbed-') as tmp:
+        tree = os.path.join(tmp, 'root')
+        os.makedirs(tree)
+        _populate_rootfs(tree)
+        if customize:
+            customize(tree)
+        part = output + '.part'
+        mkfs(tree, part, fstype, size_mb)
         os.replace(part, output)
 
 
 def _key(deb):
     h = hashlib.sha256()
-    for part in (os.path.basename(deb), sha256_file(BUSYBOX),
-                 sha256_file(ari.__file__), sha256_file(__file__),
-                 sha256_file(os.path.join(HERE, 'ami-init.sh'))):
+    # The ARI holds the host's growers and their libraries.
+    tools = [sha256_file(os.path.realpath(ari.find_tool(name, pkg)))
+             for name, pkg in ari.PROVISION_TOOLS]
+    for part in tools + [os.path.basename(deb), sha256_file(BUSYBOX),
+                         sha256_file(ari.__file__), sha256_file(__file__),
+                         sha256_file(os.path.join(HERE, 'ami-init.sh'))]:
         h.update(part.encode())
     return h.hexdigest()[:16]
 
@@ -130,10 +205,14 @@ def build():
                             os.path.join(tmp, 'vmlinuz'))
             modules = ari.build_ari(os.path.join(tmp, 'initrd.img'),
                                     modules_dir=ari.find_modules_dir(kdir))
-        build_ami(os.path.join(tmp, 'root.img'))
+        roots = {}
+        for fstype in FILESYSTEMS:
+            name = 'root.img' if fstype == 'ext4' else 'root-%s.img' % fstype
+            build_ami(os.path.join(tmp, name), fstype=fstype)
+            roots[fstype] = os.path.join(out, name)
         info = {'kernel': os.path.join(out, 'vmlinuz'),
                 'ramdisk': os.path.join(out, 'initrd.img'),
-                'root': os.path.join(out, 'root.img'),
+                'root': os.path.join(out, 'root.img'), 'roots': roots,
                 'modules': modules, 'kernel_package': deb, 'dir': out}
         with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
             json.dump(info, f, indent=1)

@@ -11,6 +11,7 @@ import os
 import tempfile
 import unittest
 
+from nova_amiboot import exception
 from nova_amiboot import guest
 
 HOSTILE = ('Linux version 6.1\n\x1b]0;owned\x07\x1b[2J\x1b[31mred\r\n'
@@ -50,7 +51,7 @@ class TestConsoleText(unittest.TestCase):
             log = os.path.join(d, 'console.log')
             with open(log, 'w') as f:
                 f.write(HOSTILE)
-            with self.assertRaises(guest.GuestError) as cm:
+            with self.assertRaises(exception.GuestError) as cm:
                 guest.wait_for_console(StoppedHost(), 'vm1', log,
                                        lambda t: False, 30, poll=0)
         msg = str(cm.exception)

@@ -56,6 +56,9 @@ class ToNovaTest(unittest.TestCase):
              nova_exception.ComputeResourcesUnavailable),
             (exception.InvalidBootParameter, nova_exception.InvalidInput),
             (exception.BootParameterDenied, nova_exception.InvalidInput),
+            (exception.InvalidProvisionSpec, nova_exception.InvalidInput),
+            (exception.GuestProvisionNotDeclared,
+             nova_exception.ImageUnacceptable),
         ]
         for cls, want in cases:
             with self.subTest(cls=cls.__name__):
