@@ -308,8 +308,11 @@ _RSS_CHILD = textwrap.dedent('''
         print('no error')
     except exception.AmibootException as e:
         print(type(e).__name__, e)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-          resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    # This process's peak: VmHWM of its own memory (ru_maxrss of SELF is
+    # kept across execve, so it would count the test runner's size).
+    with open('/proc/self/status') as f:
+        hwm = [l.split()[1] for l in f if l.startswith('VmHWM:')][0]
+    print(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 ''')
 
 
