@@ -136,8 +136,10 @@ the root read-write and before switch_root, with the kernel's own
 filesystem code (ext4, XFS and btrfs). Only an ARI that carries that /init
 (built by ``amiboot image build-ari`` or ``from-disk`` of this release) can
 do it, which is why the image has to declare it; the ARI's bytes are never
-inspected. Today only the ``amiboot`` command (the local route) honours
-``guest``; nova's driver provisions on the host.
+inspected. Both routes honour it: the ``amiboot`` command and nova's
+driver (spawn, rebuild, evacuate, unshelve and rescue write the full layer;
+the finish of a resize or cold migration writes one that only grows the
+root, which the ARI does at every boot).
 """),
 ]
 

@@ -29,6 +29,7 @@ from nova_amiboot import bootparams
 from nova_amiboot.conf import CONF
 from nova_amiboot import domain
 from nova_amiboot import exception
+from nova_amiboot import images as images_mod
 from nova_amiboot import qemuimg
 from nova_amiboot import spawn
 from nova_amiboot.virt import errors
@@ -195,11 +196,17 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only=read_only)
         # images_type stays qcow2; only its class changes.
-        for name in ('qcow2', 'default'):
-            if self.image_backend.BACKEND.get(name) is \
-                    libvirt_driver.imagebackend.Qcow2:
-                self.image_backend.BACKEND[name] = \
-                    imagebackend.AmibootQcow2
+        for name, stock, ours in (
+                ('qcow2', libvirt_driver.imagebackend.Qcow2,
+                 imagebackend.AmibootQcow2),
+                ('default', libvirt_driver.imagebackend.Qcow2,
+                 imagebackend.AmibootQcow2),
+                ('raw', libvirt_driver.imagebackend.Flat,
+                 imagebackend.AmibootFlat),
+                ('flat', libvirt_driver.imagebackend.Flat,
+                 imagebackend.AmibootFlat)):
+            if self.image_backend.BACKEND.get(name) is stock:
+                self.image_backend.BACKEND[name] = ours
 
     def _cmdline(self, instance, base):
         return domain.build_cmdline(base, None, boot_params(instance),
@@ -266,8 +273,10 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
     def _create_image(self, context, instance, disk_mapping,
                       injection_info=None, suffix='', disk_images=None,
                       *args, **kwargs):
+        layers = None
         if instance.kernel_id:
-            images = disk_images or {'kernel_id': instance.kernel_id,
+            images = disk_images or {'image_id': instance.image_ref,
+                                     'kernel_id': instance.kernel_id,
                                      'ramdisk_id': instance.ramdisk_id}
             # Refuse a denied parameter before any download or disk work.
             self._check_boot_params(instance)
@@ -279,10 +288,72 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
                     cache.fetch(images['kernel_id'], 'aki')
                     if images.get('ramdisk_id'):
                         cache.fetch(images['ramdisk_id'], 'ari')
-        with imagebackend.injection(instance.uuid, injection_info):
+                    if self._provision_mode(cache, instance,
+                                            images) == 'guest':
+                        path = os.path.join(
+                            libvirt_utils.get_instance_path(instance),
+                            'ramdisk' + suffix)
+                        layers = {path: self._layer_spec(instance,
+                                                         injection_info)}
+        with imagebackend.injection(instance.uuid, injection_info), \
+                imagebackend.provisioned_in_guest(
+                    instance.uuid if layers else None, layers or {}):
             return super()._create_image(
                 context, instance, disk_mapping, injection_info, suffix,
                 disk_images, *args, **kwargs)
+
+    @staticmethod
+    def _provision_mode(cache, instance, images):
+        """'guest' or 'host' for the AMI and ARI of ``images``.
+
+        From their Glance metadata (never from their bytes); an image
+        gone from Glance counts as declaring nothing, except the AMI's
+        own declaration, which nova keeps in the instance's system
+        metadata.
+        """
+        if not images.get('ramdisk_id') or not images.get('image_id'):
+            return 'host'
+        metas = []
+        for image_id in (images['image_id'], images['ramdisk_id']):
+            try:
+                metas.append(cache.source.get_meta(image_id))
+            except exception.ImageNotFound:
+                metas.append(None)
+        ami, ari = metas
+        if ami is None:
+            declared = (instance.system_metadata or {}).get(
+                'image_' + spawn.PROVISION_PROPERTY)
+            ami = images_mod.ImageMeta(
+                id=images['image_id'], name=images['image_id'],
+                disk_format='ami', container_format='ami', size=None,
+                properties={spawn.PROVISION_PROPERTY: declared}
+                if declared else {})
+        return spawn.provision_mode(CONF, ami, ari, instance.uuid)
+
+    @staticmethod
+    def _layer_spec(instance, injection_info):
+        """The layer of ``instance``: what the host route would inject.
+
+        With nova's injection_info (spawn, rebuild, evacuate, unshelve,
+        rescue): the key, hostname, password and files, as the host
+        route's options allow. Without it (the finish of a resize or cold
+        migration: the ramdisk is made anew on the destination) only the
+        grow, so that what the tenant changed since stays changed.
+        """
+        files = None
+        req = spawn.InstanceRequest(
+            uuid=instance.uuid, name=instance.uuid,
+            image_id=instance.image_ref,
+            flavor=spawn.Flavor(instance.flavor.name, instance.flavor.root_gb,
+                                instance.flavor.memory_mb,
+                                instance.flavor.vcpus))
+        if injection_info is not None:
+            req.key = instance.key_data
+            req.hostname = instance.hostname
+            req.password = injection_info.admin_pass
+            if CONF.amiboot.inject_files:
+                files = injection_info.files
+        return spawn.provision_spec(req, CONF, files=files)
 
     def _hard_reboot(self, context, instance, *args, **kwargs):
         # Hard reboot and start rebuild the domain from current metadata

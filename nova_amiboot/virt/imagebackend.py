@@ -51,6 +51,9 @@ GiB = units.Gi
 _MIGRATION_TARGET = contextvars.ContextVar('amiboot_migration_target',
                                            default=None)
 _INJECTION = contextvars.ContextVar('amiboot_injection', default=None)
+# Guest-mode provisioning ([amiboot] provision, spawn.provision_mode) of
+# this call: (instance uuid, {ramdisk path: layer.Spec}).
+_GUEST = contextvars.ContextVar('amiboot_guest', default=None)
 
 
 @contextlib.contextmanager
@@ -70,6 +73,23 @@ def migration_target(instance_uuid):
 def injection(instance_uuid, injection_info):
     """nova's injection_info (admin_pass, files) for this spawn."""
     return _set(_INJECTION, (instance_uuid, injection_info))
+
+
+def provisioned_in_guest(instance_uuid, layers):
+    """In this block the instance is provisioned by its ARI.
+
+    ``layers``: {path of a ramdisk nova makes: the layer.Spec it carries}.
+    The root disk is a plain overlay (no tool runs on its filesystem) and
+    each of those ramdisks is its ARI followed by the layer.
+    """
+    return _set(_GUEST, (instance_uuid, dict(layers)))
+
+
+def _guest_layers(instance_uuid):
+    ctx = _GUEST.get()
+    if ctx and ctx[0] == instance_uuid:
+        return ctx[1]
+    return None
 
 
 def image_cache(context, trusted_certs=None):
@@ -149,8 +169,9 @@ class AmibootQcow2(imagebackend.Qcow2):
         # Same base path and lock as nova's Image.cache(): nova's image
         # cache manager sees this base as its own. An image larger than the
         # root disk is refused before it is converted or cached.
+        guest = _guest_layers(inst.uuid) is not None
         root = cache.fetch(inst.image_ref, 'ami',
-                           max_virtual_size=size or None)
+                           max_virtual_size=size or None, facts=not guest)
         size = size or root.virtual_size
         password, files = None, None
         ctx = _INJECTION.get()
@@ -180,8 +201,14 @@ class AmibootQcow2(imagebackend.Qcow2):
             # nova's Qcow2 backend needs a qcow2 overlay over the raw base
             # whatever [amiboot] disk_mode says (that is the amiboot
             # command's).
-            made = spawn.prepare_disk(CONF, cache, req, root, tmp,
-                                      size=size, mode='overlay', files=files)
+            if guest:
+                # The ARI grows and keys it at boot.
+                made = spawn.guest_disk(CONF, req, root, tmp, size=size,
+                                        mode='overlay')
+            else:
+                made = spawn.prepare_disk(CONF, cache, req, root, tmp,
+                                          size=size, mode='overlay',
+                                          files=files)
             os.rename(tmp, self.path)
             utils.fsync_dir(os.path.dirname(self.path))
         finally:
@@ -219,6 +246,12 @@ class AmibootQcow2(imagebackend.Qcow2):
                            str(size)])
             if not CONF.amiboot.grow_filesystem:
                 return
+            if _guest_layers(inst.uuid) is not None:
+                # The layer's grow: the ARI grows it at the next boot.
+                LOG.info("AMI disk of %(uuid)s grown from %(old)d to "
+                         "%(new)d bytes; its ARI grows the filesystem",
+                         {'uuid': inst.uuid, 'old': current, 'new': size})
+                return
             with attach.attached(self.path, 'qcow2', CONF, backing=base,
                                  image=inst.image_ref) as target:
                 # The disk has been used: a full e2fsck first.
@@ -227,3 +260,32 @@ class AmibootQcow2(imagebackend.Qcow2):
         LOG.info("AMI disk of %(uuid)s grown from %(old)d to %(new)d bytes"
                  "%(fs)s", {'uuid': inst.uuid, 'old': current, 'new': size,
                             'fs': ' with its filesystem' if grown else ''})
+
+
+class AmibootFlat(imagebackend.Flat):
+    """nova's Flat (kernel and ramdisk copies), with the guest-mode layer.
+
+    A ramdisk named in provisioned_in_guest() is its ARI (the base nova
+    hands in, from our cache) followed by that instance's layer, written
+    whole or not at all; every other file is nova's copy.
+    """
+
+    def __init__(self, instance=None, disk_name=None, path=None,
+                 disk_info_mapping=None):
+        super().__init__(instance=instance, disk_name=disk_name, path=path,
+                         disk_info_mapping=disk_info_mapping)
+        self.instance = instance
+
+    def create_image(self, prepare_template, base, size, *args, **kwargs):
+        layers = (_guest_layers(self.instance.uuid)
+                  if self.instance is not None else None)
+        spec = (layers or {}).get(self.path)
+        if spec is None or os.path.exists(self.path):
+            return super().create_image(prepare_template, base, size,
+                                        *args, **kwargs)
+        if not os.path.exists(base):
+            prepare_template(target=base, *args, **kwargs)
+        spawn.instance_ramdisk(base, self.path, spec)
+        LOG.info("Ramdisk %(path)s of %(uuid)s: its ARI and the "
+                 "provisioning layer", {'path': self.path,
+                                        'uuid': self.instance.uuid})

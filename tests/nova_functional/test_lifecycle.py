@@ -26,6 +26,7 @@ from nova_amiboot import attach
 from nova_amiboot import cache as cache_mod
 from nova_amiboot.conf import CONF
 from nova_amiboot import inject
+from nova_amiboot import layer
 from tests.nova_functional import test_servers
 from tests.testbed import build
 
@@ -625,3 +626,89 @@ class TestSharedBases(LifecycleBase):
     def test_other_images_keep_nova_xml(self):
         server = self._boot('plain', key_name='k1')
         self.assertIsNone(self._backing_stores(server)[self._disk(server)])
+
+
+class TestGuestProvisioning(LifecycleBase):
+    """[amiboot] provision: an image that declares guest provisioning.
+
+    QEMU does not run here: what is checked is what the host made (the
+    ramdisk is the ARI followed by the layer, the disk is left alone);
+    the cloud and functional tiers boot such guests.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.images['gari'] = self._upload(
+            'gari', self.testbed['ramdisk'], 'ari',
+            {'amiboot_provision': 'guest'})
+        self.images['gami'] = self._upload(
+            'gami', self.testbed['root'], 'ami',
+            {'kernel_id': self.images['aki'],
+             'ramdisk_id': self.images['gari']})
+
+    def _layer(self, server, name='ramdisk'):
+        from tests.unit import test_layer
+        with open(self.testbed['ramdisk'], 'rb') as f:
+            ari = f.read()
+        with open(os.path.join(self._instance_dir(server), name), 'rb') as f:
+            data = f.read()
+        self.assertEqual(ari, data[:len(ari)])
+        rest = data[len(ari):].lstrip(b'\0')
+        members, _ = test_layer.read_newc(rest)
+        prefix = layer.PREFIX + '/'
+        return {k[len(prefix):]: v[4] for k, v in members.items()
+                if k.startswith(prefix) and v[0] & 0o100000}
+
+    def test_spawn_and_resize_leave_the_disk_to_the_ari(self):
+        server = self._boot('gami', key_name='k1')
+        disk = self._disk(server)
+        base_fs = os.path.getsize(self.testbed['root'])
+        # A plain overlay at the flavor's size, its filesystem untouched.
+        self.assertEqual(GiB, disk_info(disk)['virtual-size'])
+        self.assertEqual(self._base('gami'),
+                         disk_info(disk)['full-backing-filename'])
+        self.assertEqual(base_fs, fs_size(disk))
+        self.assertLess(base_fs, GiB)
+        members = self._layer(server)
+        self.assertEqual(b'1\n', members['version'])
+        self.assertEqual(b'1\n', members['grow'])
+        self.assertEqual(test_servers.KEY + '\n',
+                         members['ssh-keys'].decode())
+        self.assertEqual(server['id'] + '\n',
+                         members['instance-id'].decode())
+        inst = self._instance(server)
+        self.assertEqual(inst.hostname + '\n', members['hostname'].decode())
+
+        # A resize grows the qcow2 only; the ramdisk made anew for the
+        # destination only grows (the key is in the guest already).
+        server = self._resize_server(server, self.big)
+        self.assertEqual(2 * GiB, disk_info(disk)['virtual-size'])
+        self.assertEqual(base_fs, fs_size(disk))
+        members = self._layer(server)
+        self.assertEqual(b'1\n', members['grow'])
+        self.assertNotIn('ssh-keys', members)
+        self.assertNotIn('hostname', members)
+        server = self._confirm_resize(server)
+
+        # A rebuild is a new first boot: the full layer again.
+        server = self._rebuild_server(server, self.images['gami'])
+        self.assertIn('ssh-keys', self._layer(server))
+
+    def test_forced_guest_refuses_an_undeclared_image(self):
+        self.flags(provision='guest', group='amiboot')
+        server = self._build_server(image_uuid=self.images['ami'],
+                                    flavor_id='1', networks='none')
+        server = self.api.post_server({'server': server})
+        server = self._wait_for_state_change(server, 'ERROR')
+        fault = self.api.get_server(server['id'])['fault']['message']
+        # nova keeps the first 255 characters of the message.
+        self.assertIn('is unacceptable', fault)
+        self.assertIn('[amiboot] provision = guest, but image ami', fault)
+
+    def test_host_mode_ignores_the_declaration(self):
+        self.flags(provision='host', group='amiboot')
+        server = self._boot('gami', key_name='k1')
+        self.assertEqual(GiB, fs_size(self._disk(server)))
+        with open(os.path.join(self._instance_dir(server), 'ramdisk'),
+                  'rb') as f, open(self.testbed['ramdisk'], 'rb') as g:
+            self.assertEqual(g.read(), f.read())
