@@ -267,7 +267,16 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
                     continue
                 base = cache.fetch(image_id, fmt)
                 path = os.path.join(inst_dir, name + suffix)
-                if not os.path.exists(path):
+                if os.path.exists(path):
+                    continue
+                if name == 'ramdisk' and self._provision_mode(
+                        cache, instance, {'image_id': instance.image_ref,
+                                          'ramdisk_id': image_id}) == 'guest':
+                    # A live migration's destination, a hard reboot that
+                    # lost it: the layer that only grows the root.
+                    spawn.instance_ramdisk(base.path, path,
+                                           self._layer_spec(instance, None))
+                else:
                     spawn.private_copy(base.path, path)
 
     def _create_image(self, context, instance, disk_mapping,

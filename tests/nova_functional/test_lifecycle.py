@@ -694,6 +694,14 @@ class TestGuestProvisioning(LifecycleBase):
         server = self._rebuild_server(server, self.images['gami'])
         self.assertIn('ssh-keys', self._layer(server))
 
+        # A hard reboot that finds the ramdisk gone makes it again, with
+        # the layer that only grows.
+        os.unlink(os.path.join(self._instance_dir(server), 'ramdisk'))
+        server = self._reboot_server(server, hard=True)
+        members = self._layer(server)
+        self.assertEqual(b'1\n', members['grow'])
+        self.assertNotIn('ssh-keys', members)
+
     def test_forced_guest_refuses_an_undeclared_image(self):
         self.flags(provision='guest', group='amiboot')
         server = self._build_server(image_uuid=self.images['ami'],
