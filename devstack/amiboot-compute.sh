@@ -53,12 +53,20 @@ function amiboot_compute_command {
 #   NAME-kernel, NAME-ramdisk and the AMI NAME linked to them by
 #   kernel_id/ramdisk_id. Prints the AMI's id. Images that exist already
 #   (by name) are kept, so a second run uploads nothing.
+#   Variable: NOVA_AMIBOOT_ARI_PROVISION, the ARI's amiboot_provision
+#   property: "guest" (the default) for an ARI the project built, which
+#   applies the per-instance provisioning layer at first boot; empty for
+#   an ARI that does not (the host then grows and keys the instance).
 function amiboot_upload_triplet {
     local name=$1 kernel=$2 ramdisk=$3 root=$4
     shift 4
-    local aki ari
+    local aki ari provision=${NOVA_AMIBOOT_ARI_PROVISION-guest}
+    local ari_opts=()
+    [[ -n "$provision" ]] && \
+        ari_opts=(--property "amiboot_provision=$provision")
     aki=$(amiboot_upload_image "$name-kernel" aki "$kernel")
-    ari=$(amiboot_upload_image "$name-ramdisk" ari "$ramdisk")
+    ari=$(amiboot_upload_image "$name-ramdisk" ari "$ramdisk" \
+        "${ari_opts[@]}")
     amiboot_upload_image "$name" ami "$root" --property kernel_id="$aki" \
         --property ramdisk_id="$ari" "$@"
 }

@@ -7,14 +7,14 @@ servers only, and asks a guest to shut down (stop, soft reboot, resize,
 shelve) through that button. The kernel's ``button`` and ``evdev`` modules
 come from the same kernel package and live in the AMI's /lib/modules.
 
-``python -m tests.testbed.stayup`` prints "KERNEL RAMDISK ROOT STAYUP_ROOT"
-(the paths the one-host cloud uploads).
+``python -m tests.testbed.stayup`` prints "KERNEL RAMDISK ROOT STAYUP_ROOT
+STAYUP_XFS_ROOT" (the paths the one-host cloud uploads; the last is the
+same stay-up tree on XFS, made without mounting by ``mkfs.xfs -p``).
 """
 
 import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 
 from oslo_concurrency import lockutils
@@ -36,9 +36,10 @@ def _report_script():
     return '\n'.join(lines) + '\n'
 
 
-def _key(info):
+def _key(info, fstype):
     h = hashlib.sha256()
     h.update(info['dir'].encode())
+    h.update(fstype.encode())
     for path in (__file__, os.path.join(HERE, 'ami-init.sh'),
                  os.path.join(HERE, 'ami-stayup-init.sh')):
         with open(path, 'rb') as f:
@@ -46,9 +47,13 @@ def _key(info):
     return h.hexdigest()[:16]
 
 
-def build_stayup(info):
-    """Return the path of the stay-up AMI for the test bed ``info``."""
-    out = os.path.join(build.CACHE, 'stayup-' + _key(info))
+def build_stayup(info, fstype='ext4'):
+    """Return the path of the stay-up AMI for the test bed ``info``.
+
+    ``fstype`` is the root filesystem (ext4, xfs or btrfs; XFS is made at
+    its 300 MiB minimum, the others at 32 MiB).
+    """
+    out = os.path.join(build.CACHE, 'stayup-' + _key(info, fstype))
     root = os.path.join(out, 'root.img')
     with lockutils.lock('testbed-stayup', lock_path=build.CACHE,
                         external=True):
@@ -73,11 +78,8 @@ def build_stayup(info):
                                 os.path.join(target, os.path.basename(rel)))
             os.makedirs(os.path.join(tree, 'dev/input'), exist_ok=True)
             part = os.path.join(tmp, 'root.img')
-            subprocess.run(['mkfs.ext4', '-q', '-F', '-L', 'amiroot', '-d',
-                            tree, '-T', 'default', '-b', '4096',
-                            '-E', 'root_owner=0:0', part,
-                            '%dM' % AMI_SIZE_MB],
-                           check=True, capture_output=True)
+            build.mkfs(tree, part, fstype,
+                       size_mb=AMI_SIZE_MB if fstype != 'xfs' else None)
             os.chmod(part, 0o644)
             os.makedirs(out + '.tmp', exist_ok=True)
             os.replace(part, os.path.join(out + '.tmp', 'root.img'))
@@ -90,7 +92,7 @@ def build_stayup(info):
 def main():
     info = build.build()
     print(info['kernel'], info['ramdisk'], info['root'],
-          build_stayup(info))
+          build_stayup(info), build_stayup(info, 'xfs'))
 
 
 if __name__ == '__main__':

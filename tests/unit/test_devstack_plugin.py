@@ -56,3 +56,33 @@ class DevstackPluginTest(unittest.TestCase):
                       'nova_amiboot_privileged_net'):
             self.assertIn('%s helper_command /v/privsep-helper '
                           '--config-file /e/n.conf' % group, out)
+
+    def _upload(self, **env):
+        # "openstack" records its calls; "image list" finds nothing, so
+        # each part is created, and "image create" prints a made-up id.
+        out = _bash(
+            'openstack() {\n'
+            '  echo "CALL $*" >&2\n'
+            '  [[ $2 == create ]] && echo "id-${@: -1}"\n'
+            '  return 0\n'
+            '}\n'
+            'source "$NOVA_AMIBOOT_DIR/devstack/amiboot-compute.sh"\n'
+            'amiboot_upload_triplet s /k /r /a --property os_distro=x '
+            '2>&1\n', **env)
+        return [line[5:] for line in out.splitlines()
+                if line.startswith('CALL image create')]
+
+    def test_sample_ari_declares_guest_provisioning(self):
+        kernel, ramdisk, ami = self._upload()
+        self.assertNotIn('amiboot_provision', kernel)
+        self.assertIn('--property amiboot_provision=guest', ramdisk)
+        self.assertTrue(ramdisk.endswith(' s-ramdisk'), ramdisk)
+        self.assertNotIn('amiboot_provision', ami)
+        self.assertIn('--property kernel_id=id-s-kernel', ami)
+        self.assertIn('--property ramdisk_id=id-s-ramdisk', ami)
+        self.assertIn('--property os_distro=x', ami)
+
+    def test_an_undeclared_ari_on_request(self):
+        _, ramdisk, _ = self._upload(NOVA_AMIBOOT_ARI_PROVISION='')
+        self.assertNotIn('amiboot_provision', ramdisk)
+        self.assertTrue(ramdisk.endswith(' s-ramdisk'), ramdisk)

@@ -1,0 +1,84 @@
+"""Where a server is provisioned, through a real OpenStack.
+
+The lifecycle module (test_servers) runs on ``amiboot-up``, whose ARI
+declares ``amiboot_provision=guest``. Here, one server each of:
+
+- ``amiboot-up-xfs``: the stay-up tree on an XFS root (made without
+  mounting, ``mkfs.xfs -p``), guest mode: the ARI grows XFS and writes the
+  key and hostname at first boot, and grows it again after a resize;
+- ``amiboot-up-host``: the ext4 stay-up AMI on the same ARI uploaded
+  without the declaration (as an ARI the project did not build): the host
+  grows and keys the disk and the ARI provisions nothing.
+
+Each is created with a key, checked from inside the guest (its report on
+the serial console), resized to 2 GiB, confirmed and checked again.
+"""
+
+import os
+
+import pytest
+
+from tests.cloud import test_servers
+
+GROW_LINE = 'amiboot-ari: grew / from'
+
+
+def _lines(text, prefix):
+    return [line for line in text.splitlines() if prefix in line]
+
+
+def _create(cloud, keypair, image, name):
+    info = cloud.json('server', 'create', '--image', image,
+                      '--flavor', 'm1.tiny', '--key-name', keypair[0],
+                      '--nic', 'none', name)
+    cloud.wait_status(info['id'], ['ACTIVE'])
+    return info['id']
+
+
+def _resize(cloud, server_id, boot):
+    cloud.run('server', 'resize', '--flavor', 'amiboot.2g', server_id)
+    cloud.wait_status(server_id, ['VERIFY_RESIZE'])
+    cloud.run('server', 'resize', 'confirm', server_id)
+    info = cloud.wait_status(server_id, ['ACTIVE'])
+    assert test_servers._flavor(info) == 'amiboot.2g', info['flavor']
+    return cloud.wait_report(server_id, after_boot=boot)
+
+
+def _assert_key_once(rep, pubkey):
+    test_servers._assert_key(rep, pubkey)
+    assert rep['authorized_keys'].count(pubkey) == 1, rep['authorized_keys']
+
+
+@pytest.mark.parametrize('image,fstype,guest', [
+    ('amiboot-up-xfs', 'xfs', True),
+    ('amiboot-up-host', 'ext4', False),
+])
+def test_create_and_resize(cloud, keypair, image, fstype, guest):
+    name = 'tier-%s-%d' % (fstype, os.getpid())
+    server_id = _create(cloud, keypair, image, name)
+    try:
+        boot, rep, text = cloud.wait_report(server_id)
+        assert rep['root_dev'].split()[1] == fstype, rep['root_dev']
+        _assert_key_once(rep, keypair[1])
+        test_servers._assert_root_size(rep, 1)
+        grew = _lines(text, GROW_LINE)
+        if guest:
+            # The ARI grew the root and wrote the key and hostname; the
+            # host left the filesystem alone.
+            assert grew and grew[-1].endswith('s') and \
+                '(%s)' % fstype in grew[-1], text[-3000:]
+            assert rep['hostname'] == name, rep['hostname']
+        else:
+            # No layer: the ARI provisions nothing, the host did it all.
+            assert not grew, text[-3000:]
+
+        boot, rep, text = _resize(cloud, server_id, boot)
+        _assert_key_once(rep, keypair[1])
+        test_servers._assert_root_size(rep, 2)
+        grew = _lines(text, GROW_LINE)
+        if guest:
+            assert grew and '(%s)' % fstype in grew[-1], text[-3000:]
+        else:
+            assert not grew, text[-3000:]
+    finally:
+        cloud.run('server', 'delete', '--wait', server_id, check=False)
