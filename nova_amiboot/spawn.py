@@ -226,13 +226,17 @@ def provision_spec(req, conf, files=None):
     hostname = None
     if req.hostname and conf.amiboot.inject_hostname:
         hostname = req.hostname.split('.')[0]
+    # nova keeps a key pair's public key as given, usually ending in a
+    # newline (the host route strips it too); a newline inside stays
+    # refused by the layer's grammar.
+    key = req.key.strip() if isinstance(req.key, str) else req.key
     user_data = req.user_data
     if isinstance(user_data, str):
         user_data = user_data.encode('utf-8')
     try:
         return layer.Spec(
             instance=req.uuid,
-            ssh_keys=[req.key] if req.key and conf.amiboot.inject_key
+            ssh_keys=[key] if key and conf.amiboot.inject_key
             else [],
             hostname=hostname, password_hash=password_hash,
             user_data=user_data, files=list(files or ()),

@@ -157,6 +157,14 @@ class ProvisionSpecTest(unittest.TestCase):
         self.assertTrue(spec.password_hash.startswith('$6$'))
         self.assertNotIn(b'secret', layer.archive(spec))
 
+    def test_a_key_pair_ends_in_a_newline(self):
+        # As nova stores an imported or generated key pair's public key.
+        spec = spawn.provision_spec(self.req(key=_key() + '\n'), _conf())
+        self.assertEqual((_key(),), spec.ssh_keys)
+        with self.assertRaises(exception.InvalidProvisionSpec):
+            spawn.provision_spec(
+                self.req(key=_key() + '\n' + _key()), _conf())
+
     def test_refusal_names_the_instance(self):
         with self.assertRaises(exception.InvalidProvisionSpec) as cm:
             spawn.provision_spec(self.req(key='ssh-dss AAAA x'), _conf())
