@@ -51,7 +51,21 @@ mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 
-log() { echo "amiboot-ari: $*" > /dev/console; }
+# Each line goes to every active console, not only /dev/console (the
+# last console= of the command line): under nova that is the virtio
+# console hvc0, while operators read the serial one (ttyS0) in
+# `openstack console log show`.
+log() {
+    _consoles=
+    read -r _consoles < /sys/class/tty/console/active 2>/dev/null
+    _sent=
+    for _c in $_consoles; do
+        case "$_c" in *[!A-Za-z0-9]*) continue ;; esac
+        [ -c "/dev/$_c" ] || continue
+        echo "amiboot-ari: $*" > "/dev/$_c" 2>/dev/null && _sent=1
+    done
+    [ -n "$_sent" ] || echo "amiboot-ari: $*" > /dev/console
+}
 now() { read -r up _rest < /proc/uptime; echo "$up"; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 t_init=$(now)

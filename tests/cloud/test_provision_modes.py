@@ -15,6 +15,7 @@ the serial console), resized to 2 GiB, confirmed and checked again.
 """
 
 import os
+import re
 
 import pytest
 
@@ -38,6 +39,24 @@ def _resize(cloud, server_id, boot):
     return cloud.wait_report(server_id, after_boot=boot)
 
 
+def _ari_lines(text, boot):
+    """The ARI's console lines of one boot (the boot id its AMI printed).
+
+    The ARI writes each line to every active console; nova's kernel line
+    ends in console=hvc0, and the serial console is what nova logs.
+    """
+    head = text.split('AMIBOOT-BOOT-ID ' + boot)[0]
+    this = head.rsplit('AMIBOOT-BOOT-ID ', 1)[-1]
+    return [line[line.index('amiboot-ari: '):].strip()
+            for line in this.splitlines() if 'amiboot-ari: ' in line]
+
+
+def _grew(lines, fstype, to):
+    pattern = (r'amiboot-ari: grew / from [0-9.]+ [MG]iB to %s \(%s\) '
+               r'in [0-9.]+ s$' % (to, fstype))
+    return any(re.match(pattern, x) for x in lines)
+
+
 def _assert_key_once(rep, pubkey):
     test_servers._assert_key(rep, pubkey)
     assert rep['authorized_keys'].count(pubkey) == 1, rep['authorized_keys']
@@ -55,17 +74,31 @@ def test_create_and_resize(cloud, keypair, image, fstype, guest):
         assert rep['root_dev'].split()[1] == fstype, rep['root_dev']
         _assert_key_once(rep, keypair[1])
         test_servers._assert_root_size(rep, 1)
+        lines = _ari_lines(text, boot)
+        # The ARI ran (its lines are in nova's console log) ...
+        assert any(x.startswith('amiboot-ari: switch_root at ')
+                   for x in lines), text[-3000:]
         if guest:
             # Host mode refuses an XFS root (it cannot grow or key it): a
             # grown XFS root with the key and the server's hostname was
-            # provisioned by the ARI. (The ARI's own lines go to
-            # /dev/console, which nova's kernel line makes hvc0: they are
-            # not in nova's console log.)
+            # provisioned by the ARI, and it says so.
             assert rep['hostname'] == name, rep['hostname']
             assert rep['etc_hostname'].strip() == name, rep['etc_hostname']
+            assert _grew(lines, fstype, r'(10[0-9][0-9] MiB|1\.0 GiB)'), \
+                lines
+            assert 'amiboot-ari: hostname %s' % name in lines, lines
+            assert any(re.match(r'amiboot-ari: layer [0-9a-f]{12} applied$',
+                                x) for x in lines), lines
+        else:
+            # ... and in host mode it had no layer to apply.
+            assert not [x for x in lines if 'layer' in x or 'grew' in x], \
+                lines
 
         boot, rep, text = _resize(cloud, server_id, boot)
         _assert_key_once(rep, keypair[1])
         test_servers._assert_root_size(rep, 2)
+        if guest:
+            assert _grew(_ari_lines(text, boot), fstype,
+                         r'(20[0-9][0-9] MiB|[12]\.[0-9] GiB)'), text[-3000:]
     finally:
         cloud.run('server', 'delete', '--wait', server_id, check=False)
