@@ -33,6 +33,9 @@ def plot(result, raw, path, machine):
               label='ours (overlay, grown, key)')
     left.plot(sizes, [row['nova_flat_s'] for row in curve], 's-',
               label='nova Flat (copy + extend)')
+    if all(row.get('guest_s') for row in curve):
+        left.plot(sizes, [row['guest_s'] for row in curve], '^-',
+                  label='ours, guest mode (overlay, ramdisk + layer)')
     left.set_xscale('log', base=2)
     left.set_yscale('log')
     left.set_xlabel('AMI size (MiB)')
