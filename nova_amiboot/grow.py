@@ -10,10 +10,14 @@ per (base, size) as a *grown template*: a small qcow2 overlay of the base
 whose filesystem is checked and grown, kept in ``_base/amiboot-grown``. An
 instance disk is a private copy of it: still a qcow2 overlay whose backing
 file is the raw base, with nothing left to grow.
+
+Guest mode (the ARI grows the root at boot) has its own kind: a *plain
+template* per (base, size), the empty overlay ``qemu-img create`` makes,
+kept in ``_base/amiboot-plain``; an instance disk is a copy of it. No
+tenant byte is read to make either kind of copy.
 """
 
 import errno
-import fcntl
 import os
 import re
 import shutil
@@ -35,9 +39,8 @@ EXT_TYPES = ('ext2', 'ext3', 'ext4')
 # else is refused when it is fetched.
 SERVABLE_TYPES = EXT_TYPES + ('xfs', 'btrfs')
 CHECK_PREFIX = 'amiboot-check-'
-# linux/fs.h: share the source's extents (XFS, btrfs); ext4 refuses.
-_FICLONE = 0x40049409
 TEMPLATE_DIR = 'amiboot-grown'
+PLAIN_DIR = 'amiboot-plain'
 _TEMPLATE_RE = re.compile(r'^(?P<base>[^/]+)-(?P<size>[0-9]+)-'
                           r'(?P<id>[0-9a-f]{32})\.qcow2'
                           r'(?:\.part-(?P<pid>[0-9]+))?$')
@@ -184,9 +187,26 @@ def base_id(path):
     return meta.get_text(path, meta.BASE_ID)
 
 
-def template_path(base, size, ident):
-    return os.path.join(os.path.dirname(base), TEMPLATE_DIR, '%s-%d-%s.qcow2'
+def template_path(base, size, ident, kind=TEMPLATE_DIR):
+    return os.path.join(os.path.dirname(base), kind, '%s-%d-%s.qcow2'
                         % (os.path.basename(base), size, ident))
+
+
+def _from_template(tpl, dest, lock, build, instance):
+    """Copy template ``tpl`` to ``dest``, building it first if missing.
+
+    Returns the template's facts. ``build()`` runs under ``lock()``.
+    """
+    for _attempt in range(3):
+        found = _copy_template(tpl, dest)
+        if found is not None:
+            return found
+        with lock():
+            if not os.path.exists(tpl):
+                build()
+                sweep_templates(os.path.dirname(os.path.dirname(tpl)))
+    raise exception.AmibootException(
+        "Instance %s: the template %s keeps vanishing" % (instance, tpl))
 
 
 def grown_disk(base, dest, size, facts, conf, lock, instance='?',
@@ -208,18 +228,57 @@ def grown_disk(base, dest, size, facts, conf, lock, instance='?',
     if not ident:
         return None
     tpl = template_path(base, size, ident)
-    for _attempt in range(3):
-        found = _copy_template(tpl, dest)
-        if found is not None:
-            return found
-        with lock():
-            if not os.path.exists(tpl):
-                _build_template(base, tpl, size, facts, conf, instance,
-                                image)
-                sweep_templates(os.path.dirname(base))
-    raise exception.AmibootException(
-        "Instance %s: the grown template %s keeps vanishing"
-        % (instance, tpl))
+    return _from_template(
+        tpl, dest, lock, lambda: _build_template(base, tpl, size, facts,
+                                                 conf, instance, image),
+        instance)
+
+
+def plain_disk(base, dest, size, conf, lock, instance='?', image='?'):
+    """Make ``dest`` a plain qcow2 overlay of ``base`` at ``size`` bytes.
+
+    A copy of the base's plain template for ``size`` (made once, by
+    ``qemu-img create`` in the sandbox, without opening the base): the
+    same bytes ``disk.create`` would write, without a process per
+    instance. Returns False when no template can be used here (no
+    identity on the base): the caller then creates the overlay itself.
+    """
+    needed = os.path.getsize(base)
+    if size < needed:
+        raise exception.FlavorDiskTooSmall(instance=instance, flavor=size,
+                                           needed=needed, image=image)
+    ident = base_id(base)
+    if not ident:
+        return False
+    tpl = template_path(base, size, ident, kind=PLAIN_DIR)
+    _from_template(tpl, dest, lock,
+                   lambda: _build_plain(base, tpl, size, conf, instance,
+                                        image),
+                   instance)
+    return True
+
+
+def _build_plain(base, tpl, size, conf, instance, image):
+    os.makedirs(os.path.dirname(tpl), mode=0o755, exist_ok=True)
+    # Under the base's lock: a .part of this name is a dead build's.
+    tmp = '%s.part-%d' % (tpl, os.getpid())
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    try:
+        disk.create(base, tmp, size, instance=instance, image=image,
+                    cluster_size=conf.amiboot.overlay_cluster_size)
+        meta.put(tmp, meta.TEMPLATE, {})
+        os.chmod(tmp, 0o444)
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
+        os.rename(tmp, tpl)
+        utils.fsync_dir(os.path.dirname(tpl))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    LOG.info("Made plain template %(tpl)s of %(base)s for %(size)d bytes",
+             {'tpl': tpl, 'base': base, 'size': size})
 
 
 def _copy_template(tpl, dest):
@@ -235,12 +294,7 @@ def _copy_template(tpl, dest):
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             with open(fd, 'wb') as dst:
-                try:
-                    # Where the filesystem can share extents the copy
-                    # costs no bytes at all; writes then unshare them.
-                    fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
-                except OSError:
-                    shutil.copyfileobj(src, dst, 1024 ** 2)
+                utils.clone_or_copy(src, dst)
         except BaseException:
             os.unlink(dest)
             raise
@@ -294,7 +348,16 @@ def sweep_templates(base_dir):
     Safe without a lock: a template is only ever read, through a copy that
     either opened it already or builds it again.
     """
-    tdir = os.path.join(base_dir, TEMPLATE_DIR)
+    removed = []
+    for kind in (TEMPLATE_DIR, PLAIN_DIR):
+        removed += _sweep(base_dir, os.path.join(base_dir, kind))
+    if removed:
+        LOG.info("Removed templates of removed bases: %s",
+                 ', '.join(removed))
+    return removed
+
+
+def _sweep(base_dir, tdir):
     try:
         names = os.listdir(tdir)
     except FileNotFoundError:
@@ -316,9 +379,6 @@ def sweep_templates(base_dir):
                 removed.append(name)
             except FileNotFoundError:
                 pass
-    if removed:
-        LOG.info("Removed grown templates of removed bases: %s",
-                 ', '.join(removed))
     return removed
 
 

@@ -33,10 +33,10 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import typing
 
 from nova_amiboot import exception
+from nova_amiboot import utils
 
 FORMAT_VERSION = 1
 PREFIX = 'amiboot/provision'
@@ -304,7 +304,9 @@ def write_instance_ramdisk(ari_path, dest_path, spec, xattrs=None):
     try:
         with open(ari_path, 'rb') as src, \
                 open(tmp, 'wb') as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            # Shared extents where the filesystem has them: then only
+            # the layer is new bytes.
+            utils.clone_or_copy(src, dst)
             pad = -dst.tell() % 512
             dst.write(b'\0' * pad)
             dst.write(layer)

@@ -115,7 +115,8 @@ def private_copy(src, dst):
     """
     tmp = dst + '.part'
     try:
-        shutil.copyfile(src, tmp)
+        with open(src, 'rb') as s, open(tmp, 'wb') as d:
+            utils.clone_or_copy(s, d)
         os.chmod(tmp, 0o644)
         meta.record(tmp, meta.USED_BASE, os.path.basename(src))
         os.rename(tmp, dst)
@@ -473,21 +474,33 @@ def prepare_disk(conf, cache, req, root, path, size=None, mode=None,
     return Disk(path, fmt, grown, tfacts is not None)
 
 
-def guest_disk(conf, req, root, path, size=None, mode=None, timings=None):
+def guest_disk(conf, cache, req, root, path, size=None, mode=None,
+               timings=None):
     """The guest route's instance disk: a plain overlay (or copy), as is.
 
     At the flavor's size; nothing attached, no tool run on its filesystem
-    (the ARI grows it at boot). Returns a Disk (not grown).
+    (the ARI grows it at boot). An overlay is a copy of the base's plain
+    template for the size (grow.plain_disk) where the base can have one.
+    Returns a Disk (not grown).
     """
     timings = {} if timings is None else timings
     t = time.monotonic()
     size = size or req.flavor.root_gb * GiB
-    fmt = disk_mod.create(root.path, path, size, mode=mode or 'overlay',
-                          instance=req.name, image=req.image_id,
-                          cluster_size=conf.amiboot.overlay_cluster_size)
+    mode = mode or 'overlay'
+    fmt, from_template = None, False
+    if mode == 'overlay':
+        from_template = grow.plain_disk(
+            root.path, path, size, conf,
+            functools.partial(base_lock, cache, root),
+            instance=req.name, image=req.image_id)
+        fmt = 'qcow2' if from_template else None
+    if fmt is None:
+        fmt = disk_mod.create(root.path, path, size, mode=mode,
+                              instance=req.name, image=req.image_id,
+                              cluster_size=conf.amiboot.overlay_cluster_size)
     utils.fdatasync(path)
     timings['disk'] = time.monotonic() - t
-    return Disk(path, fmt, False, False)
+    return Disk(path, fmt, False, from_template)
 
 
 def prepare(conf, cache, req, virt_type=None, attach_method=None,
@@ -552,8 +565,8 @@ def _prepare(conf, cache, req, cmdline, settings, attach_method, timings,
                                 attach_method=attach_method,
                                 timings=timings)
         else:
-            made = guest_disk(conf, req, root, disk, mode=settings.disk_mode,
-                              timings=timings)
+            made = guest_disk(conf, cache, req, root, disk,
+                              mode=settings.disk_mode, timings=timings)
         fmt, grown = made.format, made.grown
         for copy in copies:
             copy.result()

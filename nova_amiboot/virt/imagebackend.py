@@ -203,8 +203,8 @@ class AmibootQcow2(imagebackend.Qcow2):
             # command's).
             if guest:
                 # The ARI grows and keys it at boot.
-                made = spawn.guest_disk(CONF, req, root, tmp, size=size,
-                                        mode='overlay')
+                made = spawn.guest_disk(CONF, cache, req, root, tmp,
+                                        size=size, mode='overlay')
             else:
                 made = spawn.prepare_disk(CONF, cache, req, root, tmp,
                                           size=size, mode='overlay',
@@ -215,8 +215,9 @@ class AmibootQcow2(imagebackend.Qcow2):
             shutil.rmtree(scratch, ignore_errors=True)
         LOG.info("AMI disk of %(uuid)s prepared over %(base)s%(tpl)s",
                  {'uuid': inst.uuid, 'base': root.path,
-                  'tpl': ' from its grown template' if made.from_template
-                  else ''})
+                  'tpl': (' from its %s template'
+                          % ('plain' if guest else 'grown'))
+                  if made.from_template else ''})
 
     def resize_image(self, size):
         if not (self._is_ami_instance()

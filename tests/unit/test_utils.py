@@ -64,3 +64,29 @@ class TestExecuteQuick(TestExecute):
     def test_missing_tool(self):
         self.assertRaises(exception.ToolMissing, utils.execute_quick,
                           'no-such-tool-amiboot', timeout=5)
+
+
+class TestCloneOrCopy(unittest.TestCase):
+    """The copy behind templates, kernel and ramdisk copies (real files)."""
+
+    def _copy(self, data):
+        import tempfile
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, 'src')
+            with open(src, 'wb') as f:
+                f.write(data)
+            with open(src, 'rb') as s, open(os.path.join(d, 'dst'),
+                                            'wb') as dst:
+                utils.clone_or_copy(s, dst)
+                # Positioned at the end: what follows is appended.
+                self.assertEqual(len(data), dst.tell())
+                dst.write(b'tail')
+            with open(os.path.join(d, 'dst'), 'rb') as f:
+                return f.read()
+
+    def test_empty(self):
+        self.assertEqual(b'tail', self._copy(b''))
+
+    def test_small_and_large(self):
+        for data in (b'x', os.urandom(4097), os.urandom(3 * 1024 ** 2 + 7)):
+            self.assertEqual(data + b'tail', self._copy(data))
