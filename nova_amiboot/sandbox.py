@@ -61,7 +61,7 @@ MiB = units.Mi
 TOOLS = frozenset({
     'debugfs', 'e2fsck', 'resize2fs', 'dumpe2fs', 'tune2fs', 'blkid',
     'sfdisk', 'qemu-img', 'qemu-storage-daemon', 'modinfo', 'xz', 'zstd',
-    'gzip'})
+    'gzip', 'xfs_db', 'btrfs'})
 QEMU_TOOLS = frozenset({'qemu-img', 'qemu-storage-daemon'})
 DEFAULT_USER = 'amiboot-tool'
 DEFAULT_MEMORY_MB = 512

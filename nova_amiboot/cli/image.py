@@ -268,7 +268,7 @@ class BuildAri(common.ShowOne):
 
 
 class BuildAmi(common.ShowOne):
-    """Build an ext4 AMI from a directory tree (no mount)."""
+    """Build an ext4, XFS or btrfs AMI from a directory tree (no mount)."""
 
     needs_cloud = False
 
@@ -276,11 +276,19 @@ class BuildAmi(common.ShowOne):
         p = super().get_parser(prog_name)
         p.add_argument('--from-dir', required=True, metavar='DIR',
                        help='the root directory tree')
-        p.add_argument('--label', default='cloudimg-rootfs',
-                       help='filesystem label (default: %(default)s)')
+        p.add_argument('--fs', default='ext4', choices=ami_mod.FSTYPES,
+                       help='root filesystem (default: %(default)s; XFS '
+                       'and btrfs are grown and keyed in the guest, by '
+                       "the project's ARI)")
+        p.add_argument('--label', default=None,
+                       help='filesystem label (default: %s; XFS holds at '
+                       'most %d bytes)' % (ami_mod.DEFAULT_LABEL,
+                                           ami_mod.XFS_LABEL_MAX))
         p.add_argument('output', help='AMI file to write')
         return p
 
     def take_action(self, a):
-        size = ami_mod.build_ami(a.from_dir, a.output, label=a.label)
-        return self.record(a, {'output': a.output, 'size': size})
+        size = ami_mod.build_ami(a.from_dir, a.output, label=a.label,
+                                 fstype=a.fs)
+        return self.record(a, {'output': a.output, 'size': size,
+                               'fs': a.fs})

@@ -20,6 +20,7 @@ import tempfile
 
 from oslo_concurrency import lockutils
 
+from nova_amiboot.imagetools import ami
 from nova_amiboot.imagetools import ari
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -96,41 +97,6 @@ def _populate_rootfs(tree, hostname='amiboot-testbed'):
     os.chmod(os.path.join(tree, 'etc/shadow'), 0o640)
 
 
-def xfs_protofile(tree):
-    """A mkfs.xfs protofile (xfs_mkfs(8) "-p") for ``tree``.
-
-    Every entry is owned by root with the tree's modes; files,
-    directories and symbolic links.
-    """
-    lines = ['/dev/null', '0 0']
-
-    def entry(path, name):
-        st = os.lstat(path)
-        perm = '%03o' % (st.st_mode & 0o777)
-        suid = 'u' if st.st_mode & 0o4000 else '-'
-        sgid = 'g' if st.st_mode & 0o2000 else '-'
-        prefix = (name + ' ') if name else ''
-        if os.path.islink(path):
-            lines.append('%sl%s%s%s 0 0 %s' % (prefix, suid, sgid, perm,
-                                               os.readlink(path)))
-        elif os.path.isdir(path):
-            lines.append('%sd%s%s%s 0 0' % (prefix, suid, sgid, perm))
-            for child in sorted(os.listdir(path)):
-                if ' ' in child or '\n' in child:
-                    raise ValueError("protofile names cannot hold %r"
-                                     % child)
-                entry(os.path.join(path, child), child)
-            lines.append('$')
-        elif os.path.isfile(path):
-            lines.append('%s-%s%s%s 0 0 %s' % (prefix, suid, sgid, perm,
-                                               path))
-        else:
-            raise ValueError("no protofile entry for %s" % path)
-
-    entry(tree, None)
-    return '\n'.join(lines) + '\n'
-
-
 def mkfs(tree, part, fstype='ext4', size_mb=None):
     """Make a ``fstype`` filesystem image ``part`` holding ``tree``."""
     size_mb = size_mb or FS_SIZE_MB[fstype]
@@ -145,7 +111,7 @@ def mkfs(tree, part, fstype='ext4', size_mb=None):
     if fstype == 'xfs':
         proto = part + '.proto'
         with open(proto, 'w') as f:
-            f.write(xfs_protofile(tree))
+            f.write(ami.xfs_protofile(tree))
         try:
             subprocess.run(['mkfs.xfs', '-q', '-f', '-L', 'amiroot', '-p',
                             proto, part], check=True, capture_output=True)
