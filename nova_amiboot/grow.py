@@ -192,6 +192,22 @@ def template_path(base, size, ident, kind=TEMPLATE_DIR):
                         % (os.path.basename(base), size, ident))
 
 
+def _template_for(base, size, kind, instance, image):
+    """The path of base's ``kind`` template for ``size``, or None.
+
+    None where the base has no identity (no templates there). Refuses a
+    size smaller than the base.
+    """
+    needed = os.path.getsize(base)
+    if size < needed:
+        raise exception.FlavorDiskTooSmall(instance=instance, flavor=size,
+                                           needed=needed, image=image)
+    ident = base_id(base)
+    if not ident:
+        return None
+    return template_path(base, size, ident, kind=kind)
+
+
 def _from_template(tpl, dest, lock, build, instance):
     """Copy template ``tpl`` to ``dest``, building it first if missing.
 
@@ -220,14 +236,9 @@ def grown_disk(base, dest, size, facts, conf, lock, instance='?',
     for the base's cache lock, held while a template is built (the base
     cannot be removed meanwhile) and while stale templates are removed.
     """
-    needed = os.path.getsize(base)
-    if size < needed:
-        raise exception.FlavorDiskTooSmall(instance=instance, flavor=size,
-                                           needed=needed, image=image)
-    ident = base_id(base)
-    if not ident:
+    tpl = _template_for(base, size, TEMPLATE_DIR, instance, image)
+    if tpl is None:
         return None
-    tpl = template_path(base, size, ident)
     return _from_template(
         tpl, dest, lock, lambda: _build_template(base, tpl, size, facts,
                                                  conf, instance, image),
@@ -243,14 +254,9 @@ def plain_disk(base, dest, size, conf, lock, instance='?', image='?'):
     instance. Returns False when no template can be used here (no
     identity on the base): the caller then creates the overlay itself.
     """
-    needed = os.path.getsize(base)
-    if size < needed:
-        raise exception.FlavorDiskTooSmall(instance=instance, flavor=size,
-                                           needed=needed, image=image)
-    ident = base_id(base)
-    if not ident:
+    tpl = _template_for(base, size, PLAIN_DIR, instance, image)
+    if tpl is None:
         return False
-    tpl = template_path(base, size, ident, kind=PLAIN_DIR)
     _from_template(tpl, dest, lock,
                    lambda: _build_plain(base, tpl, size, conf, instance,
                                         image),
