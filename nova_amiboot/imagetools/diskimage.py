@@ -883,10 +883,14 @@ def _convert(src, image, work, conf, kernel_version, label, append):
             refused.append(p)
     if root is None:
         if refused:
-            p = refused[0]
-            _fail(image, "its root filesystem on %s is %s; only ext2, ext3 "
-                  "and ext4 roots can become an AMI"
-                  % (p.describe(), UNSUPPORTED[p.fstype]))
+            # Which of them is the root is not known (they are not read
+            # here): name them all, not the first (a RHEL-like disk's XFS
+            # /boot comes before its XFS root).
+            _fail(image, "no ext2/3/4 root filesystem found; %s cannot be "
+                  "read here: only ext2, ext3 and ext4 roots can become an "
+                  "AMI" % ', '.join('%s (%s)' % (p.describe(),
+                                                 UNSUPPORTED[p.fstype])
+                                    for p in refused))
         _fail(image, "no Linux root filesystem found (looked for "
               "/etc/os-release and /sbin/init on %s)"
               % (', '.join('%s (%s)' % (p.describe(), p.fstype or 'unknown')

@@ -16,6 +16,7 @@ from tests.functional import test_cli
 MiB = 1024 * 1024
 ESP = 'C12A7328-F81F-11D2-BA4B-00A0C93EC93B'
 LINUX = '0FC63DAF-8483-4772-8E79-3D69D8477DE4'
+BIOS_BOOT = '21686148-6449-6E6F-744E-656564454649'
 
 
 def run(*cmd, **kw):
@@ -167,7 +168,16 @@ class TestFromDisk(FromDiskTestCase):
                                                 (LINUX, 300, fs)])
             msg = self.error('image', 'from-disk', disk, 'bad')
             self.assertIn(disk, msg)
-            self.assertIn('is %s' % word, msg)
+            self.assertIn('(%s) cannot be read here' % word, msg)
+        # Laid out like a RHEL-family image: XFS /boot (partition 3) before
+        # the XFS root (4): both are named, neither called the root.
+        disk = self.make_disk('r-rhel', [(BIOS_BOOT, 1, None),
+                                         (ESP, 8, self.vfat),
+                                         (LINUX, 300, self.xfs),
+                                         (LINUX, 300, self.xfs)])
+        msg = self.error('image', 'from-disk', disk, 'bad')
+        self.assertIn('partition 3 (XFS), partition 4 (XFS) cannot be read',
+                      msg)
         empty = self.scratch('empty')
         os.makedirs(os.path.join(empty, 'data'))
         disk = self.make_disk('r-nolinux', [(LINUX, 32, self.ext4(empty))])
