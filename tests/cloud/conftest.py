@@ -3,8 +3,10 @@ the ``openstack`` command only, with facts read from the guests' serial
 consoles (``openstack console log show``).
 
 The cloud comes up once per run (``tools/cloud up`` is idempotent and
-cheap when it already runs). ``AMIBOOT_CLOUD_SKIP_UP=1`` uses the cloud
-as it is.
+cheap when it already runs), with ``AMIBOOT_CLOUD_HOSTS`` compute hosts
+(1, the default, or 2: ``tools/cloud up --hosts 2``).
+``AMIBOOT_CLOUD_SKIP_UP=1`` uses the cloud as it is. The tests of two
+hosts are marked ``twohosts`` and skip on a cloud of one.
 """
 
 import json
@@ -25,11 +27,6 @@ STATE = os.environ.get('AMIBOOT_CLOUD_DIR', '/var/lib/nova-amiboot-cloud')
 BOOT_TIMEOUT = int(os.environ.get('AMIBOOT_CLOUD_BOOT_TIMEOUT', '300'))
 OP_TIMEOUT = int(os.environ.get('AMIBOOT_CLOUD_OP_TIMEOUT', '600'))
 BOOT_ID = re.compile(r'AMIBOOT-BOOT-ID (\S+)')
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        'markers', 'cloud: needs the one-host OpenStack of tools/cloud')
 
 
 def pytest_collection_modifyitems(items):
@@ -86,6 +83,23 @@ class Cloud(object):
                         statuses))
             time.sleep(3)
 
+    def hosts(self):
+        """The cloud's compute hosts (``tools/cloud hosts``).
+
+        Dicts of name, address (ip), nova's instances path and the
+        directory (dir) that is that path on the host.
+        """
+        out = subprocess.run([CLOUD, 'hosts'], check=True,
+                             capture_output=True, text=True).stdout
+        return [dict(zip(('name', 'ip', 'instances_path', 'dir'),
+                         line.split()))
+                for line in out.splitlines() if line.strip()]
+
+    def compute(self, action, host):
+        """Stop or start one compute host's nova-compute."""
+        subprocess.run([CLOUD, 'compute', action, host], check=True,
+                       stdin=subprocess.DEVNULL, timeout=OP_TIMEOUT)
+
     def console(self, server, **kw):
         proc = self.run('console', 'log', 'show', server, check=False, **kw)
         return proc.stdout if proc.returncode == 0 else ''
@@ -113,7 +127,9 @@ class Cloud(object):
 @pytest.fixture(scope='session')
 def cloud():
     if os.environ.get('AMIBOOT_CLOUD_SKIP_UP') != '1':
-        subprocess.run([CLOUD, 'up'], check=True, stdin=subprocess.DEVNULL)
+        subprocess.run([CLOUD, 'up', '--hosts',
+                        os.environ.get('AMIBOOT_CLOUD_HOSTS', '1')],
+                       check=True, stdin=subprocess.DEVNULL)
     out = subprocess.run([CLOUD, 'env'], check=True, capture_output=True,
                          text=True).stdout
     env = dict(os.environ)

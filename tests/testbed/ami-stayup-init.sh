@@ -35,9 +35,16 @@ done
 
 # One id per boot, so a reader of the console tells this boot's report
 # from an earlier one's.
-echo "AMIBOOT-BOOT-ID $(cat /proc/sys/kernel/random/boot_id)" > $out
+boot=$(cat /proc/sys/kernel/random/boot_id)
+echo "AMIBOOT-BOOT-ID $boot" > $out
 /bin/sh /sbin/amiboot-report
 echo "AMIBOOT-POWER-BUTTON armed $armed" > $out
+# A heartbeat: the boot id, seconds up and a counter. The console log of a
+# live-migrated server starts anew on its destination: these lines show
+# the same boot going on there.
+n=0
 while :; do
-    sleep 3600
+    sleep 5
+    n=$((n + 1))
+    echo "AMIBOOT-ALIVE $boot $(cut -d' ' -f1 /proc/uptime) $n" > $out
 done

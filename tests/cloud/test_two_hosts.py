@@ -1,0 +1,229 @@
+"""A server moved between two compute hosts (``tools/cloud up --hosts
+2``): nova's block live migration, cold migration and evacuation, each
+checked from inside the guest (its serial console) and on the
+destination host's disk.
+
+The tests of this module run in order on one server of ``amiboot-up``
+(whose ARI declares guest-mode provisioning), each to the host the server
+is not on. The guest prints a heartbeat (``AMIBOOT-ALIVE <boot id>
+<seconds up> <counter>``) every 5 s after its report: a live-migrated
+server's console log starts anew on its destination, and those lines show
+the same boot going on there.
+"""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.cloud import conftest
+from tests.cloud import test_servers
+
+pytestmark = pytest.mark.twohosts
+
+IMAGE = 'amiboot-up'
+ADMIN = 'amicloud-admin'
+HOST = 'OS-EXT-SRV-ATTR:host'
+ALIVE = re.compile(r'AMIBOOT-ALIVE (\S+) ([0-9.]+) ([0-9]+)')
+FIGURES = os.path.join(conftest.STATE, 'logs', 'two-hosts-figures.log')
+
+
+def _figure(what, seconds):
+    """Note a measured time (seconds) in the cloud's logs."""
+    with open(FIGURES, 'a') as f:
+        f.write('%s %s %.1f\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), what,
+                                  seconds))
+
+
+@pytest.fixture(scope='module')
+def hosts(cloud):
+    found = {h['name']: h for h in cloud.hosts()}
+    if len(found) < 2:
+        pytest.skip('the cloud has one compute host (tools/cloud up '
+                    '--hosts 2 for two)')
+    return found
+
+
+@pytest.fixture(scope='module')
+def server(cloud, keypair, hosts):
+    """The module's server: id, public key, boot id, first report."""
+    name = 'tier-2h-%d' % os.getpid()
+    info = cloud.json('server', 'create', '--image', IMAGE,
+                      '--flavor', 'm1.tiny', '--key-name', keypair[0],
+                      '--nic', 'none', name)
+    try:
+        cloud.wait_status(info['id'], ['ACTIVE'])
+        boot, rep, _ = cloud.wait_report(info['id'])
+        test_servers._assert_key(rep, keypair[1])
+        test_servers._assert_root_size(rep, 1)
+        yield {'id': info['id'], 'key': keypair[1], 'boot': boot,
+               'rep': rep}
+    finally:
+        cloud.run('server', 'delete', '--wait', info['id'], check=False)
+
+
+def _show(cloud, server):
+    return cloud.server(server['id'], cloud=ADMIN)
+
+
+def _other(hosts, name):
+    (other,) = [h for h in hosts if h != name]
+    return other
+
+
+def _image_id(info):
+    image = info['image']
+    return image['id'] if isinstance(image, dict) else \
+        image.split('(')[-1].rstrip(')')
+
+
+def _heartbeat(cloud, server, boot, after=0.0, timeout=120):
+    """The guest's last heartbeat of boot ``boot`` after ``after`` s up.
+
+    Returns ((seconds up, counter), console text).
+    """
+    deadline = time.monotonic() + timeout
+    text = ''
+    while time.monotonic() < deadline:
+        text = cloud.console(server['id'])
+        beats = [(float(up), int(n)) for b, up, n in ALIVE.findall(text)
+                 if b == boot]
+        if beats and beats[-1][0] > after:
+            return beats[-1], text
+        time.sleep(3)
+    raise AssertionError('no heartbeat of boot %s after %.1f s up in %ss; '
+                         'console:\n%s' % (boot, after, timeout,
+                                           text[-3000:]))
+
+
+def _assert_disk_on(host, server_id, image_id):
+    """The server's disk on ``host``: a qcow2 over the raw base.
+
+    The base is in the host's own _base, root-owned, read-only to others.
+    """
+    disk = os.path.join(host['dir'], server_id, 'disk')
+    out = subprocess.run(['qemu-img', 'info', '-U', '--output=json', disk],
+                         check=True, capture_output=True, text=True).stdout
+    info = json.loads(out)
+    name = hashlib.sha1(image_id.encode()).hexdigest()
+    assert info['format'] == 'qcow2', info
+    # nova's path (the same string on both hosts) ...
+    assert info['backing-filename'] == os.path.join(
+        host['instances_path'], '_base', name), info
+    assert info.get('backing-filename-format') == 'raw', info
+    # ... which is this host's own directory: the base was fetched here.
+    base = os.path.join(host['dir'], '_base', name)
+    st = os.stat(base)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o644), (
+        '%s on %s is %d:%d %o' % (base, host['name'], st.st_uid, st.st_gid,
+                                  st.st_mode & 0o7777))
+
+
+def _domains(host):
+    out = subprocess.run(['virsh', '-c', 'qemu+tcp://%s/system' % host['ip'],
+                          'list', '--all', '--name'], check=True,
+                         capture_output=True, text=True).stdout
+    return out.split()
+
+
+def _wait_gone(path, timeout=120):
+    deadline = time.monotonic() + timeout
+    while os.path.exists(path):
+        assert time.monotonic() < deadline, '%s still there' % path
+        time.sleep(2)
+
+
+def test_block_live_migration_keeps_the_guest_running(cloud, hosts,
+                                                      server):
+    info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+    src = info[HOST]
+    dst = _other(hosts, src)
+    before, _ = _heartbeat(cloud, server, server['boot'])
+    t0 = time.monotonic()
+    cloud.run('server', 'migrate', '--live-migration', '--block-migration',
+              '--host', dst, server['id'], cloud=ADMIN)
+    info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+    _figure('block-live-migration', time.monotonic() - t0)
+    assert info[HOST] == dst, (
+        'still on %s after a live migration to %s: %s' % (
+            info[HOST], dst, cloud.run(
+                'server', 'migration', 'list', '--server', server['id'],
+                cloud=ADMIN, check=False).stdout))
+    assert info['OS-EXT-STS:power_state'] in (1, 'Running'), info
+    # The same boot goes on there: its heartbeat, later and counting on,
+    # and no boot since (the destination's console log has no boot id).
+    after, text = _heartbeat(cloud, server, server['boot'],
+                             after=before[0])
+    assert after[1] > before[1], (before, after)
+    assert set(conftest.BOOT_ID.findall(text)) <= {server['boot']}, \
+        text[-3000:]
+    _assert_disk_on(hosts[dst], server['id'], _image_id(info))
+    # Nothing of it left on the source.
+    assert info['OS-EXT-SRV-ATTR:instance_name'] not in _domains(hosts[src])
+    _wait_gone(os.path.join(hosts[src]['dir'], server['id']))
+
+
+def test_cold_migration_and_confirm(cloud, hosts, server):
+    info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+    src = info[HOST]
+    dst = _other(hosts, src)
+    t0 = time.monotonic()
+    cloud.run('server', 'migrate', '--host', dst, server['id'], cloud=ADMIN)
+    cloud.wait_status(server['id'], ['VERIFY_RESIZE'], cloud=ADMIN)
+    cloud.run('server', 'resize', 'confirm', server['id'], cloud=ADMIN)
+    info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+    _figure('cold-migration-confirm', time.monotonic() - t0)
+    assert info[HOST] == dst, info[HOST]
+    # Booted there, from its own disk: the key once, the root as it was.
+    boot, rep, _ = cloud.wait_report(server['id'], after_boot=server['boot'])
+    server['boot'] = boot
+    test_servers._assert_key(rep, server['key'])
+    assert rep['authorized_keys'].count(server['key']) == 1
+    assert test_servers._root_kb(rep) == test_servers._root_kb(
+        server['rep']), (rep['root_df_kb'], server['rep']['root_df_kb'])
+    _assert_disk_on(hosts[dst], server['id'], _image_id(info))
+    assert info['OS-EXT-SRV-ATTR:instance_name'] not in _domains(hosts[src])
+    _wait_gone(os.path.join(hosts[src]['dir'], server['id']))
+    _wait_gone(os.path.join(hosts[src]['dir'], server['id'] + '_resize'))
+
+
+def test_evacuate_from_a_stopped_host(cloud, hosts, server):
+    info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+    src = info[HOST]
+    dst = _other(hosts, src)
+    t0 = time.monotonic()
+    cloud.compute('stop', src)
+    try:
+        cloud.run('compute', 'service', 'set', '--down', src, 'nova-compute',
+                  cloud=ADMIN)
+        t1 = time.monotonic()
+        cloud.run('server', 'evacuate', '--host', dst, server['id'],
+                  cloud=ADMIN)
+        # From compute API 2.95 on, an evacuated server is stopped there.
+        info = cloud.wait_status(server['id'], ['ACTIVE', 'SHUTOFF'],
+                                 cloud=ADMIN)
+        if info['status'] == 'SHUTOFF':
+            cloud.run('server', 'start', server['id'], cloud=ADMIN)
+            info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+        _figure('evacuate', time.monotonic() - t1)
+        assert info[HOST] == dst, info[HOST]
+        # Rebuilt there from its image: a new boot, keyed and grown anew.
+        boot, rep, _ = cloud.wait_report(server['id'],
+                                         after_boot=server['boot'])
+        server['boot'] = boot
+        test_servers._assert_key(rep, server['key'])
+        test_servers._assert_root_size(rep, 1)
+        _assert_disk_on(hosts[dst], server['id'], _image_id(info))
+    finally:
+        # The cloud whole again: the host up, its compute back, which
+        # removes the evacuated guest it still has.
+        cloud.run('compute', 'service', 'set', '--up', src, 'nova-compute',
+                  cloud=ADMIN, check=False)
+        cloud.compute('start', src)
+        _figure('evacuate-with-compute-stop-start', time.monotonic() - t0)
+    assert info['OS-EXT-SRV-ATTR:instance_name'] not in _domains(hosts[src])
+    _wait_gone(os.path.join(hosts[src]['dir'], server['id']))
