@@ -130,6 +130,22 @@ def _domains(host):
     return out.split()
 
 
+def _force_up(cloud, host, timeout=120):
+    """Unset the forced down of ``host``'s compute; wait until it is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = cloud.run('compute', 'service', 'set', '--up', host,
+                         'nova-compute', cloud=ADMIN, check=False)
+        state = cloud.value('compute', 'service', 'list', '--service',
+                            'nova-compute', '--host', host, '-c', 'State',
+                            cloud=ADMIN)
+        if proc.returncode == 0 and state == 'up':
+            return
+        assert time.monotonic() < deadline, (
+            '%s not up: %s %s' % (host, state, proc.stderr.strip()))
+        time.sleep(3)
+
+
 def _wait_gone(path, timeout=120):
     deadline = time.monotonic() + timeout
     while os.path.exists(path):
@@ -219,11 +235,11 @@ def test_evacuate_from_a_stopped_host(cloud, hosts, server):
         test_servers._assert_root_size(rep, 1)
         _assert_disk_on(hosts[dst], server['id'], _image_id(info))
     finally:
-        # The cloud whole again: the host up, its compute back, which
-        # removes the evacuated guest it still has.
-        cloud.run('compute', 'service', 'set', '--up', src, 'nova-compute',
-                  cloud=ADMIN, check=False)
+        # The cloud whole again: the compute back (it removes the
+        # evacuated guest it still has and completes the evacuation's
+        # record: nova forces a host up only after that), then the host.
         cloud.compute('start', src)
+        _force_up(cloud, src)
         _figure('evacuate-with-compute-stop-start', time.monotonic() - t0)
     assert info['OS-EXT-SRV-ATTR:instance_name'] not in _domains(hosts[src])
     _wait_gone(os.path.join(hosts[src]['dir'], server['id']))
