@@ -61,16 +61,27 @@ def xfs_protofile(tree, image='?'):
     Regular files, directories, symbolic links, device nodes and fifos,
     with the tree's modes (set-id bits included) and owners. The format
     is whitespace-separated: a name or link target that holds whitespace
-    cannot be written and is refused, as is a socket. (Hard links become
-    separate copies; extended attributes are not carried.)
+    cannot be written and is refused, as are one named "$" (the
+    protofile's end of a directory), an unprintable name and a socket.
+    (Hard links become separate copies; extended attributes are not
+    carried.)
     """
     lines = ['/dev/null', '0 0']
 
     def word(text, what):
-        if not text or any(c.isspace() for c in text):
+        # One token of the protofile: printable, no whitespace, and not
+        # "$" (which ends a directory there).
+        try:
+            text.encode('utf-8')
+            ok = bool(text) and text != '$' and text.isprintable() and \
+                not any(c.isspace() for c in text)
+        except UnicodeEncodeError:
+            ok = False
+        if not ok:
             raise exception.InvalidImage(
                 image=image, reason="%s %r cannot go into an XFS protofile "
-                "(it holds whitespace)" % (what, text))
+                "(it holds whitespace or an unprintable character, or is "
+                "\"$\")" % (what, text))
         return text
 
     def entry(path, name):

@@ -117,6 +117,15 @@ class BuildAmiFsTest(unittest.TestCase):
         self.assertIn("'a name' cannot go into an XFS protofile",
                       self._refused(tree, 'xfs', label='amiroot'))
         os.unlink(os.path.join(tree, 'etc/a name'))
+        # "$" would end /etc early in the protofile: later entries would
+        # land in the parent directory.
+        for name in ('$', 'bell\x07', 'bad\udcff'):
+            path = os.path.join(tree, 'etc', name)
+            with open(path, 'w') as f:
+                f.write('x')
+            self.assertIn('cannot go into an XFS protofile',
+                          self._refused(tree, 'xfs', label='amiroot'))
+            os.unlink(path)
         os.symlink('/a target', os.path.join(tree, 'etc/link'))
         self.assertIn('link target', self._refused(tree, 'xfs',
                                                    label='amiroot'))
