@@ -274,11 +274,7 @@ def _build_plain(base, tpl, size, conf, instance, image):
         disk.create(base, tmp, size, instance=instance, image=image,
                     cluster_size=conf.amiboot.overlay_cluster_size)
         meta.put(tmp, meta.TEMPLATE, {})
-        os.chmod(tmp, 0o444)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.rename(tmp, tpl)
-        utils.fsync_dir(os.path.dirname(tpl))
+        _publish(tmp, tpl)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -310,6 +306,18 @@ def _copy_template(tpl, dest):
     return facts
 
 
+def _publish(tmp, tpl):
+    """Put a finished template in place: read-only, durable, renamed.
+
+    Shared by every instance of its (base, size), so never writable.
+    """
+    os.chmod(tmp, 0o444)
+    with open(tmp, 'rb') as f:
+        os.fsync(f.fileno())
+    os.rename(tmp, tpl)
+    utils.fsync_dir(os.path.dirname(tpl))
+
+
 def _build_template(base, tpl, size, facts, conf, instance, image):
     # Imported here: inject is only needed on this cold path.
     from nova_amiboot import inject
@@ -335,12 +343,7 @@ def _build_template(base, tpl, size, facts, conf, instance, image):
             # the same in every copy, so read here once.
             known = fs.remember()
         meta.put(tmp, meta.TEMPLATE, {'selinux': selinux, 'known': known})
-        # Shared by every instance of this (base, size): read-only.
-        os.chmod(tmp, 0o444)
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.rename(tmp, tpl)
-        utils.fsync_dir(os.path.dirname(tpl))
+        _publish(tmp, tpl)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     LOG.info("Made grown template %(tpl)s of %(base)s for %(size)d bytes",

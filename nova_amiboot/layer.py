@@ -323,10 +323,5 @@ def write_instance_ramdisk(ari_path, dest_path, spec, xattrs=None):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dirfd = os.open(os.path.dirname(os.path.abspath(dest_path)),
-                    os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    utils.fsync_dir(os.path.dirname(os.path.abspath(dest_path)))
     return dest_path

@@ -12,10 +12,8 @@ import os
 import shutil
 import socket
 import tempfile
-import unittest
 
 from nova_amiboot import exception
-from nova_amiboot import guest
 from nova_amiboot.imagetools import ami as ami_mod
 from nova_amiboot import inject
 from nova_amiboot import layer
@@ -27,16 +25,7 @@ GiB = 1 << 30
 MiB = 1 << 20
 
 
-class BuildAmiFsTest(unittest.TestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        cls.testbed = build.build()
-        cls.host = guest.Host()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.host.close()
+class BuildAmiFsTest(tpg.GuestBootCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix='amiboot-test-build-',

@@ -68,7 +68,8 @@ def ari_lines(text):
             if line.startswith('amiboot-ari: ')]
 
 
-class ProvisionGuestTest(unittest.TestCase):
+class GuestBootCase(unittest.TestCase):
+    """The test bed and a libvirt connection, for tests that boot it."""
 
     @classmethod
     def setUpClass(cls):
@@ -78,6 +79,13 @@ class ProvisionGuestTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.host.close()
+
+
+class ProvisionGuestTest(GuestBootCase):
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
         if TIMES:
             print('\nguest-side seconds, "Run /init" to switch_root:',
                   file=sys.stderr)
