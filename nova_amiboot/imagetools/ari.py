@@ -86,6 +86,16 @@ load_modules() {
 }
 load_modules /etc/amiboot-ari/modules
 
+# The appliance (an ARI built by build_appliance, booted by
+# nova_amiboot.imagetools.appliance on an image's disk): its fixed program
+# instead of a root. An ARI without one ignores the parameter.
+if [ -x /appliance ] && grep -qw 'amiboot.appliance=probe' /proc/cmdline
+then
+    for f in /etc/amiboot-ari/fs/*; do load_modules "$f"; done
+    /appliance
+    poweroff -f
+fi
+
 root=; rootfstype=; rootflags=; mode=ro; init=/sbin/init; rootdelay=30
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
@@ -584,9 +594,85 @@ def _write_cpio(tree, output):
     os.replace(tmp, output)
 
 
+# The appliance reads an image's disk in its own kernel: partitions
+# (blkid), LVM (lvm, the device mapper) and every filesystem.
+APPLIANCE_TOOLS = (('blkid', 'util-linux'), ('lvm', 'lvm2'))
+APPLIANCE_MODULES = DEFAULT_MODULES + ('dm_mod',)
+
+APPLIANCE_SCRIPT = r'''#!/bin/busybox sh
+# /appliance of nova-amiboot's appliance ARI: what is on /dev/vda, read in
+# this VM's kernel, reported on the serial console, each value base64.
+export PATH=/bin:/usr/sbin
+out=/dev/ttyS0
+kv() { printf 'AMIBOOT-APPLIANCE %s %s\n' "$1" \
+    "$(printf %s "$2" | base64 | tr -d '\n')" > $out; }
+echo AMIBOOT-APPLIANCE-BEGIN > $out
+mkdir -p /run/lvm /run/lock/lvm /etc/lvm /mnt
+lvmconf='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+devices { filter = [ "a|^/dev/vda|", "r|.*|" ]
+    obtain_device_list_from_udev = 0 }
+global { use_lvmetad = 0 }'
+lvm vgchange -ay --sysinit --config "$lvmconf" > /dev/null 2>&1
+lvm vgmknodes --config "$lvmconf" > /dev/null 2>&1
+is_root() {
+    [ -f "$1/etc/os-release" ] && { [ -e "$1/sbin/init" ] ||
+        [ -L "$1/sbin/init" ] || [ -e "$1/usr/lib/systemd/systemd" ]; }
+}
+n=0
+for dev in /dev/vda /dev/vda[0-9]* /dev/mapper/*; do
+    [ -b "$dev" ] || continue
+    n=$((n + 1))
+    type=$(blkid -s TYPE -o value "$dev" 2> /dev/null)
+    kv "dev$n" "$dev"
+    kv "type$n" "$type"
+    kv "uuid$n" "$(blkid -s UUID -o value "$dev" 2> /dev/null)"
+    case "$type" in
+        ext2|ext3|ext4) opts=ro,noload ;;
+        xfs) opts=ro,norecovery ;;
+        btrfs) opts=ro ;;
+        *) continue ;;
+    esac
+    m=/mnt/$n
+    mkdir -p $m
+    if ! mount -t "$type" -o $opts "$dev" $m 2> /dev/null; then
+        kv "mount$n" failed
+        continue
+    fi
+    kv "mount$n" ok
+    is_root $m && kv "root$n" "/" &&
+        kv "os$n" "$(grep '^PRETTY_NAME=' $m/etc/os-release | head -n 1)"
+    if [ "$type" = btrfs ]; then
+        btrfs subvolume list $m 2> /dev/null | sed 's/.* path //' |
+            while IFS= read -r sv; do
+                is_root "$m/$sv" && kv "subvol$n" "$sv"
+            done
+    fi
+    ls $m/vmlinuz-* > /dev/null 2>&1 && kv "kernels$n" "$(cd $m &&
+        ls -d vmlinuz-* | tr '\n' ' ')"
+    umount $m
+done
+echo AMIBOOT-APPLIANCE-END > $out
+'''
+
+
+def build_appliance(output, modules_dir=None, kernel_package=None,
+                    busybox='/bin/busybox'):
+    """Write the appliance ARI (nova_amiboot.imagetools.appliance).
+
+    The project's ARI with the device mapper, every filesystem module,
+    blkid and lvm, and /appliance, the program it runs instead of a root
+    when booted with ``amiboot.appliance=probe``.
+    """
+    return build_ari(output, modules_dir=modules_dir,
+                     kernel_package=kernel_package,
+                     modules=APPLIANCE_MODULES, busybox=busybox,
+                     provision_tools=PROVISION_TOOLS + APPLIANCE_TOOLS,
+                     extra={'appliance': APPLIANCE_SCRIPT})
+
+
 def build_ari(output, modules_dir=None, kernel_package=None,
               modules=DEFAULT_MODULES, busybox='/bin/busybox',
-              fs_modules=None, provision_tools=PROVISION_TOOLS):
+              fs_modules=None, provision_tools=PROVISION_TOOLS, extra=None):
     """Write an ARI for a kernel to ``output``; return the modules loaded.
 
     Give either the kernel's ``lib/modules/<version>`` directory or a kernel
@@ -661,5 +747,9 @@ def build_ari(output, modules_dir=None, kernel_package=None,
         with open(os.path.join(tree, 'init'), 'w') as f:
             f.write(INIT_SCRIPT)
         os.chmod(os.path.join(tree, 'init'), 0o755)
+        for name, text in sorted((extra or {}).items()):
+            with open(os.path.join(tree, name), 'w') as f:
+                f.write(text)
+            os.chmod(os.path.join(tree, name), 0o755)
         _write_cpio(tree, output)
     return order
