@@ -21,6 +21,7 @@ from nova_amiboot.imagetools import ari
 from tests.functional import test_from_disk as tfd
 
 MiB = 1024 * 1024
+LVM = 'E6D6D379-F507-44C2-A23C-238F2A3DF928'
 
 
 def run(*cmd, **kw):
@@ -57,6 +58,43 @@ class ApplianceTest(tfd.FromDiskTestCase):
                 f.write(ami_mod.xfs_protofile(tree))
             run('mkfs.xfs', '-q', '-f', '-p', proto, path)
             os.unlink(proto)
+        return maker
+
+    def lvm_of(self, tree, lv_mb=300):
+        """A maker: an LVM physical volume whose LV ``amivg/root`` is XFS.
+
+        The metadata is written by the host's lvm on a loop device of the
+        partition's file without the device mapper (``--driverloaded n``:
+        nothing is activated here), no backup under /etc/lvm; the XFS
+        image goes where the LV's one segment starts.
+        """
+        def maker(path, size):
+            with open(path, 'wb') as f:
+                f.truncate(size * MiB)
+            loop = run('losetup', '-f', '--show', path).stdout.decode()
+            loop = loop.strip()
+            conf = ('devices { filter = [ "a|^%s$|", "r|.*|" ] '
+                    'obtain_device_list_from_udev = 0 } '
+                    'backup { backup = 0 archive = 0 }' % loop)
+            lvm = ['lvm', '--driverloaded', 'n', '--config', conf]
+            env = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS='1')
+            try:
+                for cmd in (['pvcreate', '-q', loop],
+                            ['vgcreate', '-q', 'amivg', loop],
+                            ['lvcreate', '-q', '-an', '-Zn', '-L',
+                             '%dM' % lv_mb, '-n', 'root', 'amivg']):
+                    run(lvm[0], cmd[0], *(lvm[1:] + cmd[1:]), env=env)
+                start = run(lvm[0], 'pvs', *lvm[1:], '-o', 'pe_start',
+                            '--units', 'b', '--noheadings', '--nosuffix',
+                            loop, env=env).stdout.decode().split()[-1]
+            finally:
+                run('losetup', '-d', loop)
+            lv = path + '.lv'
+            self.xfs_of(tree)(lv, lv_mb)
+            run('dd', 'if=' + lv, 'of=' + path, 'bs=1M',
+                'seek=%d' % (int(start) // MiB), 'conv=notrunc,sparse',
+                'status=none')
+            os.unlink(lv)
         return maker
 
     def probe(self, disk):
@@ -111,3 +149,23 @@ class ApplianceTest(tfd.FromDiskTestCase):
             appliance.parse(bad_kernel, 'i')
         with self.assertRaises(exception.InvalidImage):
             appliance.parse(good.replace(appliance.END, ''), 'i')
+
+    def test_root_on_lvm(self):
+        root = self.linux_tree('root', modules=False, boot=False)
+        boot = self.scratch('boot')
+        os.makedirs(boot)
+        with open(os.path.join(boot, 'vmlinuz-5.14.0-1.el9.x86_64'),
+                  'wb') as f:
+            f.write(b'kernel')
+        disk = self.make_disk('rhel-lvm', [
+            (tfd.BIOS_BOOT, 1, None), (tfd.ESP, 8, self.vfat),
+            (tfd.LINUX, 300, self.xfs_of(boot)),
+            (LVM, 320, self.lvm_of(root))])
+        devices = self.probe(disk)
+        found = appliance.find_root(devices, 'd')
+        self.assertEqual('/dev/mapper/amivg-root', found.path)
+        self.assertEqual('xfs', found.fstype)
+        self.assertEqual('Test Linux 1', found.os_name)
+        by_part = {d.partition: d for d in devices}
+        self.assertEqual('LVM2_member', by_part[4].fstype)
+        self.assertEqual(['vmlinuz-5.14.0-1.el9.x86_64'], by_part[3].kernels)
