@@ -8,10 +8,12 @@ from osc_lib.cli import parseractions
 from nova_amiboot.cli import common
 from nova_amiboot import exception
 from nova_amiboot.imagetools import ami as ami_mod
+from nova_amiboot.imagetools import appliance
 from nova_amiboot.imagetools import ari
 from nova_amiboot.imagetools import diskimage
 from nova_amiboot.imagetools import glance
 from nova_amiboot.imagetools import snapshot
+from nova_amiboot.local import hostcheck
 from nova_amiboot import spawn
 
 # What an ARI built by this project declares (spawn.provision_mode): its
@@ -59,10 +61,12 @@ class ImageFromDisk(common.ShowOne):
     """Make an AMI triplet of a whole-disk image and import it.
 
     The source is a distribution's cloud image (raw or qcow2, MBR or GPT).
-    Its Linux root filesystem (ext2/3/4) is copied out without mounting,
-    its newest kernel (or --kernel-version) becomes the AKI, an ARI is built
-    from that kernel's own modules, /etc/fstab names the root by LABEL=, and
-    the filesystem is shrunk with its free blocks zeroed.
+    An ext2/3/4 root is copied out without mounting; /etc/fstab names it
+    by LABEL= and it is shrunk with its free blocks zeroed. An XFS, btrfs
+    or LVM root is copied out in the appliance VM (its own kernel, the
+    image read-only) and named by UUID=. Its newest kernel (or
+    --kernel-version) becomes the AKI and an ARI is built from that
+    kernel's own modules.
     """
 
     def get_parser(self, prog_name):
@@ -72,6 +76,10 @@ class ImageFromDisk(common.ShowOne):
         p.add_argument('name', help='name of the new AMI')
         p.add_argument('--kernel-version', metavar='VERSION',
                        help='use /boot/vmlinuz-VERSION (default: newest)')
+        p.add_argument('--appliance-kernel-package', metavar='DEB',
+                       help='Debian kernel package the appliance VM boots '
+                       'to read XFS, btrfs and LVM roots (default: [local] '
+                       'appliance_kernel_package)')
         p.add_argument('--label', default=diskimage.DEFAULT_LABEL,
                        help='filesystem label of the AMI, used as root='
                        'LABEL= (default: %(default)s)')
@@ -86,12 +94,14 @@ class ImageFromDisk(common.ShowOne):
     def take_action(self, a):
         cloud = self.cloud
         props = dict(a.property or {})
+        kit = self._appliance(cloud, a)
         work = diskimage.work_dir(os.path.join(cloud.state_dir, 'tmp'))
         try:
             trip = diskimage.convert(a.source, a.source, work, cloud.conf,
                                      kernel_version=a.kernel_version,
                                      label=a.label,
-                                     append=' '.join(a.append or ()))
+                                     append=' '.join(a.append or ()),
+                                     appliance_kit=kit)
             props.setdefault('os_command_line', trip.cmdline)
             # Its ARI is ours (build_ari): it provisions in the guest.
             meta = cloud.import_triplet(
@@ -104,6 +114,22 @@ class ImageFromDisk(common.ShowOne):
                    root_partition=trip.root_partition,
                    fstab_dropped=trip.dropped_fstab)
         return self.record(a, row)
+
+    @staticmethod
+    def _appliance(cloud, a):
+        deb = (a.appliance_kernel_package or
+               cloud.conf.local.appliance_kernel_package)
+        if not deb:
+            return None
+        kit = appliance.prepare(deb, os.path.join(cloud.state_dir,
+                                                  'appliance'))
+        virt_type, why = hostcheck.choose_virt_type(
+            cloud.conf.local.virt_type, cloud.host.conn, kit.kernel,
+            cloud.state_dir)
+        if virt_type is None:
+            raise exception.InvalidInput(reason=why)
+        kit.virt_type, kit.host = virt_type, cloud.host
+        return kit
 
 
 class SnapshotImage(common.ShowOne):

@@ -45,6 +45,15 @@ Kernel command line used when the AMI has no ``os_command_line`` property.
                 help="""
 Give the guest a VNC display listening on 127.0.0.1.
 """),
+    cfg.StrOpt('appliance_kernel_package',
+               help="""
+A Debian kernel package (``linux-image-*.deb``, e.g. of
+``linux-image-cloud-amd64``) the appliance boots: ``amiboot image
+from-disk`` reads XFS, btrfs and LVM roots in that VM's kernel, never the
+host's. Its kernel and ARI are built once into the state directory. Unset:
+such roots are refused with this hint (``--appliance-kernel-package``
+gives one for a single command).
+"""),
     cfg.StrOpt('virt_type',
                deprecated_group='amiboot',
                default='auto',

@@ -89,7 +89,8 @@ load_modules /etc/amiboot-ari/modules
 # The appliance (an ARI built by build_appliance, booted by
 # nova_amiboot.imagetools.appliance on an image's disk): its fixed program
 # instead of a root. An ARI without one ignores the parameter.
-if [ -x /appliance ] && grep -qw 'amiboot.appliance=probe' /proc/cmdline
+if [ -x /appliance ] && grep -qE 'amiboot.appliance=(probe|extract)' \
+    /proc/cmdline
 then
     for f in /etc/amiboot-ari/fs/*; do load_modules "$f"; done
     /appliance
@@ -602,12 +603,19 @@ APPLIANCE_MODULES = DEFAULT_MODULES + ('dm_mod',)
 APPLIANCE_SCRIPT = r'''#!/bin/busybox sh
 # /appliance of nova-amiboot's appliance ARI: what is on /dev/vda, read in
 # this VM's kernel, reported on the serial console, each value base64.
+# amiboot.appliance=probe only reports. amiboot.appliance=extract also
+# copies the one root it found (partition, LV or btrfs filesystem) to
+# /dev/vdb, merges a /boot partition into it, rewrites its fstab, trims it
+# (holes in the output file), and copies kernels, their modules and
+# os-release to the empty ext4 filesystem on /dev/vdc.
 export PATH=/bin:/usr/sbin
 out=/dev/ttyS0
+mode=probe
+grep -qw amiboot.appliance=extract /proc/cmdline && mode=extract
 kv() { printf 'AMIBOOT-APPLIANCE %s %s\n' "$1" \
     "$(printf %s "$2" | base64 | tr -d '\n')" > $out; }
 echo AMIBOOT-APPLIANCE-BEGIN > $out
-mkdir -p /run/lvm /run/lock/lvm /etc/lvm /mnt
+mkdir -p /run/lvm /run/lock/lvm /etc/lvm /mnt /tmp
 lvmconf='activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
 devices { filter = [ "a|^/dev/vda|", "r|.*|" ]
     obtain_device_list_from_udev = 0 }
@@ -618,7 +626,14 @@ is_root() {
     [ -f "$1/etc/os-release" ] && { [ -e "$1/sbin/init" ] ||
         [ -L "$1/sbin/init" ] || [ -e "$1/usr/lib/systemd/systemd" ]; }
 }
-n=0
+ro_opts() {
+    case "$1" in
+        ext2|ext3|ext4) echo ro,noload ;;
+        xfs) echo ro,norecovery,nouuid ;;
+        btrfs) echo ro ;;
+    esac
+}
+n=0; nroots=0; rdev=; rtype=; rsub=; bdev=; btype=
 for dev in /dev/vda /dev/vda[0-9]* /dev/mapper/*; do
     [ -b "$dev" ] || continue
     n=$((n + 1))
@@ -626,12 +641,9 @@ for dev in /dev/vda /dev/vda[0-9]* /dev/mapper/*; do
     kv "dev$n" "$dev"
     kv "type$n" "$type"
     kv "uuid$n" "$(blkid -s UUID -o value "$dev" 2> /dev/null)"
-    case "$type" in
-        ext2|ext3|ext4) opts=ro,noload ;;
-        xfs) opts=ro,norecovery ;;
-        btrfs) opts=ro ;;
-        *) continue ;;
-    esac
+    kv "size$n" "$(blockdev --getsize64 "$dev")"
+    opts=$(ro_opts "$type")
+    [ -n "$opts" ] || continue
     m=/mnt/$n
     mkdir -p $m
     if ! mount -t "$type" -o $opts "$dev" $m 2> /dev/null; then
@@ -639,18 +651,115 @@ for dev in /dev/vda /dev/vda[0-9]* /dev/mapper/*; do
         continue
     fi
     kv "mount$n" ok
-    is_root $m && kv "root$n" "/" &&
+    if is_root $m; then
+        kv "root$n" "/"
         kv "os$n" "$(grep '^PRETTY_NAME=' $m/etc/os-release | head -n 1)"
-    if [ "$type" = btrfs ]; then
-        btrfs subvolume list $m 2> /dev/null | sed 's/.* path //' |
-            while IFS= read -r sv; do
-                is_root "$m/$sv" && kv "subvol$n" "$sv"
-            done
+        nroots=$((nroots + 1)); rdev=$dev; rtype=$type; rsub=
     fi
-    ls $m/vmlinuz-* > /dev/null 2>&1 && kv "kernels$n" "$(cd $m &&
-        ls -d vmlinuz-* | tr '\n' ' ')"
+    if [ "$type" = btrfs ]; then
+        for sv in $(btrfs subvolume list $m 2> /dev/null |
+                    sed 's/.* path //'); do
+            if is_root "$m/$sv"; then
+                kv "subvol$n" "$sv"
+                nroots=$((nroots + 1)); rdev=$dev; rtype=$type; rsub=$sv
+            fi
+        done
+    fi
+    if ls $m/vmlinuz-* > /dev/null 2>&1; then
+        kv "kernels$n" "$(cd $m && ls -d vmlinuz-* | tr '\n' ' ')"
+        [ -z "$bdev" ] && bdev=$dev && btype=$type
+    fi
     umount $m
 done
+
+fail() { kv result "$1"; echo AMIBOOT-APPLIANCE-END > $out; exit 0; }
+
+extract() {
+    [ "$nroots" = 1 ] || fail "roots $nroots"
+    [ "$bdev" = "$rdev" ] && bdev=
+    # The source's btrfs devices are forgotten: the copy has the same fsid.
+    [ "$rtype" = btrfs ] && btrfs device scan --forget > /dev/null 2>&1
+    dd if="$rdev" of=/dev/vdb bs=1M 2> /dev/null || fail copy
+    sync
+    case "$rtype" in
+        xfs) mopts=nouuid ;;
+        btrfs) mopts=rw${rsub:+,subvol=$rsub} ;;
+        *) mopts=rw ;;
+    esac
+    mkdir -p /mnt/out /mnt/boot /mnt/xfer
+    mount -t "$rtype" -o "$mopts" /dev/vdb /mnt/out 2> /dev/null ||
+        fail "mount copy"
+    uuid=$(blkid -s UUID -o value /dev/vdb)
+    label=$(blkid -s LABEL -o value /dev/vdb)
+    if [ -n "$bdev" ]; then
+        mount -t "$btype" -o "$(ro_opts "$btype")" "$bdev" /mnt/boot ||
+            fail "mount boot"
+        if ls /mnt/out/boot/vmlinuz-* > /dev/null 2>&1; then
+            kv boot kept
+        else
+            { mkdir -p /mnt/out/boot && cp -a /mnt/boot/. /mnt/out/boot/; } ||
+                fail "merge boot"
+            kv boot merged
+        fi
+        umount /mnt/boot
+    fi
+    f=/mnt/out/etc/fstab
+    if [ -f $f ] && [ ! -L $f ]; then
+        awk -v u="$uuid" -v l="$label" '
+            /^[ \t]*#/ || NF < 2 { print; next }
+            $2 == "/" { $1 = "UUID=" u; print; next }
+            $1 ~ /^(UUID|PARTUUID|LABEL|PARTLABEL)=|^\/dev\// {
+                if ($1 == "UUID=" u || (l != "" && $1 == "LABEL=" l)) {
+                    print; next
+                }
+                print "# amiboot: " $0
+                print $0 > "/tmp/dropped"; next
+            }
+            { print }' $f > $f.amiboot && mv $f.amiboot $f || fail fstab
+        [ -f /tmp/dropped ] && while IFS= read -r line; do
+            kv dropped "$line"
+        done < /tmp/dropped
+    fi
+    mount -t ext4 /dev/vdc /mnt/xfer || fail "mount transfer"
+    mkdir -p /mnt/xfer/boot /mnt/xfer/modules
+    for k in /mnt/out/boot/vmlinuz-*; do
+        [ -f "$k" ] || continue
+        v=${k#/mnt/out/boot/vmlinuz-}
+        for top in /mnt/out/usr/lib/modules /mnt/out/lib/modules; do
+            [ -d "$top/$v" ] || continue
+            cp -L "$k" /mnt/xfer/boot/ && cp -a "$top/$v" /mnt/xfer/modules/ ||
+                fail "transfer $v"
+            break
+        done
+    done
+    for o in /mnt/out/etc/os-release /mnt/out/usr/lib/os-release; do
+        [ -f "$o" ] && cp -L "$o" /mnt/xfer/os-release && break
+    done
+    umount /mnt/xfer
+    fstrim /mnt/out > /dev/null 2>&1
+    size=$(blockdev --getsize64 "$rdev")
+    if [ "$rtype" = btrfs ]; then
+        # btrfs shrinks while mounted: to its minimum and 64 MiB more.
+        min=$(btrfs inspect-internal min-dev-size /mnt/out 2> /dev/null |
+              awk '{print $1}')
+        case "$min" in
+            ''|*[!0-9]*) ;;
+            *) want=$((min + 67108864))
+               [ "$want" -lt "$size" ] &&
+                   btrfs filesystem resize "$want" /mnt/out > /dev/null \
+                       2>&1 && size=$want ;;
+        esac
+        fstrim /mnt/out > /dev/null 2>&1
+    fi
+    umount /mnt/out || fail "unmount copy"
+    sync
+    kv fstype "$rtype"
+    kv uuid "$uuid"
+    kv subvol "$rsub"
+    kv size "$size"
+    kv result ok
+}
+[ $mode = extract ] && extract
 echo AMIBOOT-APPLIANCE-END > $out
 '''
 

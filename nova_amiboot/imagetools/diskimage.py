@@ -37,6 +37,7 @@ from oslo_log import log as logging
 from oslo_utils.imageutils import format_inspector
 from oslo_utils import units
 
+from nova_amiboot.imagetools import appliance
 from nova_amiboot.imagetools import ari
 from nova_amiboot import attach
 from nova_amiboot import exception
@@ -44,6 +45,7 @@ from nova_amiboot import inject
 from nova_amiboot import e2fs
 from nova_amiboot import safety
 from nova_amiboot import sandbox
+from nova_amiboot import utils
 
 LOG = logging.getLogger(__name__)
 
@@ -825,10 +827,12 @@ def finish_fs(path, label, image, conf=None):
 
 
 def convert(src, image, work, conf, kernel_version=None,
-            label=DEFAULT_LABEL, append=''):
+            label=DEFAULT_LABEL, append='', appliance_kit=None):
     """Make an AMI triplet of the whole-disk image ``src`` inside ``work``.
 
-    ``image`` names the source in every error. Returns a Triplet.
+    ``image`` names the source in every error. ``appliance_kit`` (an
+    appliance.Kit) reads XFS, btrfs and LVM roots in the appliance VM;
+    without it they are refused. Returns a Triplet.
     """
     if not LABEL_RE.match(label or ''):
         raise exception.InvalidInput(
@@ -850,12 +854,121 @@ def convert(src, image, work, conf, kernel_version=None,
             raise exception.ImageNotFound(image=image,
                                           source="file %s" % src)
         return _convert('/proc/self/fd/%d' % src_fd, image, work, conf,
-                        kernel_version, label, append)
+                        kernel_version, label, append, appliance_kit)
     finally:
         os.close(src_fd)
 
 
-def _convert(src, image, work, conf, kernel_version, label, append):
+# What the appliance reads (in its own kernel): XFS, btrfs, LVM.
+APPLIANCE_TYPES = ('xfs', 'btrfs', 'LVM2_member')
+# The empty ext4 filesystem the appliance puts kernels and modules in.
+TRANSFER_BYTES = 2048 * MiB
+
+
+def _make_transfer(path, image, conf):
+    """An empty ext4 filesystem in a sparse file (no tenant byte in it)."""
+    with open(path, 'wb') as f:
+        f.truncate(TRANSFER_BYTES)
+    utils.execute('mkfs.ext4', '-q', '-F', '-E', 'root_owner=0:0,nodiscard',
+                  '-O', '^has_journal', path)
+
+
+def _convert_in_appliance(src, fmt, vsize, image, work, conf,
+                          kernel_version, append, kit):
+    """The XFS, btrfs and LVM route: the root copied out in the appliance.
+
+    The appliance (a VM, the source attached read-only) copies the one root
+    it finds to a disk of its own, merges a /boot partition in, rewrites
+    fstab (the root by UUID, other disks' lines commented out) and trims it;
+    kernels, their modules and os-release come back on an ext4 transfer
+    disk read here from user space like any ext filesystem. XFS cannot
+    shrink: the AMI is as large as the root partition (or LV), its free
+    space holes. btrfs is shrunk in the VM; an ext root on LVM here.
+    """
+    scratch = os.path.join(work, 'appliance')
+    os.mkdir(scratch, 0o755)
+    # QEMU, under its own user, opens these; work itself stays private but
+    # searchable.
+    os.chmod(work, 0o711)
+    source = os.path.join(scratch, 'source.' + fmt)
+    with open(src, 'rb') as fin, open(source, 'xb') as fout:
+        utils.clone_or_copy(fin, fout)
+    output = os.path.join(scratch, 'root.img')
+    with open(output, 'xb') as f:
+        f.truncate(vsize)
+    transfer = os.path.join(scratch, 'transfer.img')
+    _make_transfer(transfer, image, conf)
+    for path in (source, output, transfer):
+        os.chmod(path, 0o644)   # libvirt gives them to QEMU while it runs
+    timeout = conf.amiboot.image_convert_timeout if conf else 3600
+    try:
+        devices, res = appliance.extract(
+            kit.kernel, kit.initrd, source, fmt, output, transfer,
+            image=image, work=scratch, virt_type=kit.virt_type,
+            timeout=timeout, host=kit.host)
+    finally:
+        os.unlink(source)
+    root_dev = appliance.find_root(devices, image)
+    root_fs = ImageFS(transfer, image, conf)
+    versions = {name[len('vmlinuz-'):]
+                for name in root_fs.listdir('/boot')
+                if name.startswith('vmlinuz-')} \
+        if root_fs.kind('/boot') == 'dir' else set()
+    if kernel_version:
+        if kernel_version not in versions:
+            _fail(image, "no kernel /boot/vmlinuz-%s with its modules "
+                  "(found: %s)" % (kernel_version,
+                                   ', '.join(sorted(versions)) or 'none'))
+        version = kernel_version
+    else:
+        found = sorted((v for v in versions if VERSION_RE.match(v)),
+                       key=_version_key)
+        if not found:
+            _fail(image, "no kernel /boot/vmlinuz-* with its modules in "
+                  "its root filesystem")
+        version = found[-1]
+    kernel = root_fs.read_bounded('/boot/vmlinuz-%s' % version, MAX_KERNEL,
+                                  os.path.join(work, 'vmlinuz'))
+    modules_dir = root_fs.dump_tree('/modules/%s' % version,
+                                    os.path.join(work, 'modules'),
+                                    MAX_MODULES)
+    name = 'Linux'
+    if root_fs.kind('/os-release') == 'file':
+        m = re.search(r'^PRETTY_NAME="?([^"\n]*)"?$',
+                      root_fs.read_text('/os-release', work) or '', re.M)
+        name = m.group(1) if m else name
+    os.unlink(transfer)
+    ramdisk = os.path.join(work, 'initrd.img')
+    try:
+        modules = ari.build_ari(ramdisk, modules_dir=modules_dir)
+    except (exception.ModuleNotFound, exception.ARIBuildFailed) as e:
+        _fail(image, "kernel %s: %s" % (version, e))
+    shutil.rmtree(os.path.join(work, 'modules'), ignore_errors=True)
+    size = res.size
+    if res.fstype in EXT_TYPES:
+        # An ext root on LVM: shrunk and zeroed here like any other.
+        size = finish_fs(output, None, image, conf)
+    root_path = os.path.join(work, 'root.img')
+    os.rename(output, root_path)
+    os.rmdir(scratch)
+    cmdline = 'root=UUID=%s %s' % (res.uuid, DEFAULT_CMDLINE)
+    if res.subvol:
+        cmdline += ' rootflags=subvol=%s' % res.subvol
+    if append:
+        cmdline += ' ' + ' '.join(append.split())
+    LOG.info("Image %(image)s: root %(dev)s (%(fs)s%(sub)s, %(os)s) copied "
+             "in the appliance, kernel %(ver)s, %(size)d bytes",
+             {'image': image, 'dev': root_dev.path, 'fs': res.fstype,
+              'sub': ' subvolume %s' % res.subvol if res.subvol else '',
+              'os': name, 'ver': version, 'size': size})
+    return Triplet(kernel=kernel, ramdisk=ramdisk, root=root_path,
+                   kernel_version=version, modules=modules, cmdline=cmdline,
+                   root_partition=root_dev.partition or 0, os_name=name,
+                   root_size=size, dropped_fstab=res.dropped)
+
+
+def _convert(src, image, work, conf, kernel_version, label, append,
+             appliance_kit=None):
     fmt, vsize = inspect_source(src, image, conf)
     parts = read_partitions(src, fmt, vsize, work, image, conf)
     ranked = sorted((p for p in parts if _rank(p) is not None),
@@ -881,6 +994,16 @@ def _convert(src, image, work, conf, kernel_version, label, append):
             os.unlink(path)
         elif UNSUPPORTED.get(p.fstype):
             refused.append(p)
+    if root is None and any(p.fstype in APPLIANCE_TYPES for p in refused):
+        if appliance_kit is not None:
+            return _convert_in_appliance(src, fmt, vsize, image, work, conf,
+                                         kernel_version, append,
+                                         appliance_kit)
+        _fail(image, "no ext2/3/4 root filesystem found; %s can be read "
+              "only in the appliance VM: give --appliance-kernel-package "
+              "or set [local] appliance_kernel_package" % ', '.join(
+                  '%s (%s)' % (p.describe(), UNSUPPORTED[p.fstype])
+                  for p in refused))
     if root is None:
         if refused:
             # Which of them is the root is not known (they are not read
@@ -943,5 +1066,8 @@ def _convert(src, image, work, conf, kernel_version, label, append):
 
 
 def work_dir(base):
-    os.makedirs(base, mode=0o700, exist_ok=True)
+    # Searchable, not listable: the appliance's QEMU (its own user) opens
+    # files in a work directory; the directories' names are random.
+    os.makedirs(base, mode=0o711, exist_ok=True)
+    os.chmod(base, 0o711)
     return tempfile.mkdtemp(prefix='amiboot-convert-', dir=base)

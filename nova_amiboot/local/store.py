@@ -33,14 +33,37 @@ def _file_hashes(path, algo='sha512'):
 
 
 def _copy(src, dst, progress, label):
+    """Copy ``src`` to ``dst``, sparse: holes and zero chunks stay holes.
+
+    (An XFS AMI is as large as its partition, mostly free space.)
+    """
     total = os.path.getsize(src)
+    zero = bytes(CHUNK)
     done = 0
     with open(src, 'rb') as fin, open(dst, 'wb') as fout:
-        for chunk in iter(lambda: fin.read(CHUNK), b''):
-            fout.write(chunk)
+        while done < total:
+            try:
+                data = os.lseek(fin.fileno(), done, os.SEEK_DATA)
+            except OSError:
+                data = total            # (ENXIO: only a hole is left)
+            if data > done:
+                done = data
+                if progress:
+                    progress(label, done, total)
+                continue
+            fin.seek(done)
+            chunk = fin.read(CHUNK)
+            if not chunk:
+                break
+            if chunk == zero[:len(chunk)]:
+                fout.seek(done + len(chunk))
+            else:
+                fout.seek(done)
+                fout.write(chunk)
             done += len(chunk)
             if progress:
                 progress(label, done, total)
+        fout.truncate(total)
 
 
 class LocalImageStore(images.ImageSource):

@@ -11,6 +11,7 @@ console is refused.
 """
 
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -21,6 +22,21 @@ from nova_amiboot.imagetools import ari
 from tests.functional import test_from_disk as tfd
 
 MiB = 1024 * 1024
+ROOT_UUID = '9e1c2d4a-5b6f-4a8e-b1c2-3d4e5f607182'
+BOOT_UUID = '0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d'
+# A program for the appliance's /init (look_inside): /boot's names, then
+# /etc/fstab, of the XFS filesystem on /dev/vda.
+LOOK_SCRIPT = r'''#!/bin/busybox sh
+out=/dev/ttyS0
+echo AMIBOOT-APPLIANCE-BEGIN > $out
+mkdir -p /mnt/r
+mount -t xfs -o ro,norecovery /dev/vda /mnt/r
+ls /mnt/r/boot > $out
+echo FSTAB > $out
+cat /mnt/r/etc/fstab > $out
+umount /mnt/r
+echo AMIBOOT-APPLIANCE-END > $out
+'''
 LVM = 'E6D6D379-F507-44C2-A23C-238F2A3DF928'
 
 
@@ -49,14 +65,15 @@ class ApplianceTest(tfd.FromDiskTestCase):
                 'kernel_package'])
         return out
 
-    def xfs_of(self, tree):
+    def xfs_of(self, tree, fs_uuid=None):
         def maker(path, size):
             with open(path, 'wb') as f:
                 f.truncate(size * MiB)
             proto = path + '.proto'
             with open(proto, 'w') as f:
                 f.write(ami_mod.xfs_protofile(tree))
-            run('mkfs.xfs', '-q', '-f', '-p', proto, path)
+            run('mkfs.xfs', '-q', '-f', '-p', proto, *(
+                ('-m', 'uuid=' + fs_uuid) if fs_uuid else ()), path)
             os.unlink(proto)
         return maker
 
@@ -97,38 +114,103 @@ class ApplianceTest(tfd.FromDiskTestCase):
             os.unlink(lv)
         return maker
 
-    def probe(self, disk):
-        # The image must be readable by QEMU's user.
-        os.chmod(os.path.dirname(disk), 0o755)
+    @staticmethod
+    def readable(disk):
+        """QEMU's user must reach the image (the test's dirs are 0700)."""
         d = os.path.dirname(disk)
         while d != '/':
             os.chmod(d, os.stat(d).st_mode | 0o005)
             d = os.path.dirname(d)
+
+    def look_inside(self, ami):
+        """/boot's names and /etc/fstab of an XFS AMI, read in a VM.
+
+        The appliance's own probe cannot print files; the test boots it
+        with a one-off program that does (the ARI's /init runs any
+        /appliance), on a copy of the AMI in a scratch directory.
+        """
+        tool = os.path.join(self._work.name, 'look.img')
+        if not os.path.exists(tool):
+            ari.build_appliance(tool, kernel_package=self.testbed[
+                'kernel_package'])
+            extra = self.scratch('look-extra')
+            os.makedirs(extra)
+            with open(os.path.join(extra, 'appliance'), 'w') as f:
+                f.write(LOOK_SCRIPT)
+            os.chmod(os.path.join(extra, 'appliance'), 0o755)
+            with open(tool, 'ab') as f:
+                f.write(run('sh', '-c', 'cd %s && echo appliance | cpio -o '
+                            '-H newc 2>/dev/null | gzip' % extra).stdout)
+        copy = os.path.join(self._work.name, 'look-ami.raw')
+        shutil.copyfile(ami, copy)
+        try:
+            text = appliance._boot(self.testbed['kernel'], tool, copy, 'raw',
+                                   'look', self._work.name, 'qemu', 300,
+                                   None)
+        finally:
+            os.unlink(copy)
+        body = text.split(appliance.BEGIN, 1)[1].split(appliance.END, 1)[0]
+        boot, _sep, fstab = body.replace('\r', '').partition('FSTAB\n')
+        return {'boot': boot, 'fstab': fstab}
+
+    def probe(self, disk):
+        self.readable(disk)
         return appliance.probe(self.testbed['kernel'], self.appliance_ari(),
                                disk, 'qcow2', image='test-disk',
                                work=self._work.name)
 
     def test_rhel_like_layout(self):
-        root = self.linux_tree('root', modules=False, boot=False)
+        """from-disk of a RHEL-like GPT disk: XFS /boot and XFS root."""
+        fstab = ('UUID=%s / xfs defaults 0 0\n'
+                 'UUID=%s /boot xfs defaults 0 0\n'
+                 'UUID=7B77-95E7 /boot/efi vfat umask=0077 0 2\n'
+                 'tmpfs /tmp tmpfs defaults 0 0\n' % (ROOT_UUID, BOOT_UUID))
+        root = self.linux_tree('root', boot=False, fstab=fstab)
         boot = self.scratch('boot')
         os.makedirs(boot)
-        with open(os.path.join(boot, 'vmlinuz-5.14.0-1.el9.x86_64'),
-                  'wb') as f:
-            f.write(b'kernel')
-        disk = self.make_disk('rhel', [(tfd.BIOS_BOOT, 1, None),
-                                       (tfd.ESP, 8, self.vfat),
-                                       (tfd.LINUX, 300, self.xfs_of(boot)),
-                                       (tfd.LINUX, 300, self.xfs_of(root))])
-        devices = self.probe(disk)
-        by_part = {d.partition: d for d in devices}
-        self.assertEqual('vfat', by_part[2].fstype)
-        self.assertEqual('xfs', by_part[3].fstype)
-        self.assertEqual(['vmlinuz-5.14.0-1.el9.x86_64'], by_part[3].kernels)
-        self.assertFalse(by_part[3].root)
-        self.assertTrue(by_part[4].root)
-        self.assertTrue(by_part[4].mounted)
-        self.assertEqual('Test Linux 1', by_part[4].os_name)
-        self.assertEqual(by_part[4], appliance.find_root(devices, 'd'))
+        shutil.copy(ari.find_kernel_image(self.kpkg), boot)
+        with open(os.path.join(boot, 'config-' + self.version), 'w') as f:
+            f.write('CONFIG_XFS_FS=m\n')
+        disk = self.make_disk('rhel', [
+            (tfd.BIOS_BOOT, 1, None), (tfd.ESP, 8, self.vfat),
+            (tfd.LINUX, 300, self.xfs_of(boot, BOOT_UUID)),
+            (tfd.LINUX, 600, self.xfs_of(root, ROOT_UUID))])
+        self.readable(disk)
+        res = self.json('image', 'from-disk', disk, 'rhel1',
+                        '--appliance-kernel-package',
+                        self.testbed['kernel_package'])
+        # The root is partition 4, found by its content (the XFS /boot,
+        # partition 3, comes first); the kernel is the one of /boot.
+        self.assertEqual(4, res['root_partition'])
+        self.assertEqual('Test Linux 1', res['os'])
+        self.assertEqual(self.version, res['kernel_version'])
+        self.assertEqual(['UUID=%s /boot xfs defaults 0 0' % BOOT_UUID,
+                          'UUID=7B77-95E7 /boot/efi vfat umask=0077 0 2'],
+                         res['fstab_dropped'])
+        self.assertIn('root=UUID=%s ' % ROOT_UUID, res['os_command_line'])
+        ami = os.path.join(self.state, 'images', res['id'])
+        # The AMI is the XFS root itself: the partition's size (XFS does
+        # not shrink), its free space holes.
+        info = run('blkid', '-p', '-o', 'export', ami).stdout.decode()
+        self.assertIn('TYPE=xfs', info)
+        self.assertIn('UUID=%s' % ROOT_UUID, info)
+        st = os.stat(ami)
+        self.assertEqual(600 * MiB, st.st_size)
+        self.assertLess(st.st_blocks * 512, 0.8 * st.st_size)
+        # What the appliance wrote into it, read back in it (the host
+        # does not mount XFS): /boot merged, fstab rewritten.
+        out = self.look_inside(ami)
+        self.assertIn('vmlinuz-%s' % self.version, out['boot'])
+        self.assertIn('config-%s' % self.version, out['boot'])
+        self.assertIn('UUID=%s / xfs defaults 0 0' % ROOT_UUID, out['fstab'])
+        self.assertIn('# amiboot: UUID=%s /boot xfs' % BOOT_UUID,
+                      out['fstab'])
+        self.assertIn('tmpfs /tmp tmpfs', out['fstab'])
+        # The ARI is built from the image's own modules, with XFS.
+        ramdisk = os.path.join(self.state, 'images', res['ramdisk_id'])
+        listing = run('sh', '-c', 'zcat -f %s | cpio -t 2>/dev/null || '
+                      'cat %s | cpio -t' % (ramdisk, ramdisk)).stdout
+        self.assertIn(b'xfs.ko', listing)
 
     def test_forged_answers_are_refused(self):
         b64 = appliance.base64.b64encode
