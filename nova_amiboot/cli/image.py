@@ -21,6 +21,23 @@ from nova_amiboot import spawn
 BUILT_ARI_PROPERTIES = {spawn.PROVISION_PROPERTY: 'guest'}
 
 
+def appliance_kit(cloud, a):
+    """The appliance's Kit per --appliance-kernel-package or [local]."""
+    deb = (a.appliance_kernel_package or
+           cloud.conf.local.appliance_kernel_package)
+    if not deb:
+        return None
+    kit = appliance.prepare(deb, os.path.join(cloud.state_dir,
+                                              'appliance'))
+    virt_type, why = hostcheck.choose_virt_type(
+        cloud.conf.local.virt_type, cloud.host.conn, kit.kernel,
+        cloud.state_dir)
+    if virt_type is None:
+        raise exception.InvalidInput(reason=why)
+    kit.virt_type, kit.host = virt_type, cloud.host
+    return kit
+
+
 class ImportImage(common.ShowOne):
     """Check and store an AKI/ARI/AMI triplet."""
 
@@ -94,7 +111,7 @@ class ImageFromDisk(common.ShowOne):
     def take_action(self, a):
         cloud = self.cloud
         props = dict(a.property or {})
-        kit = self._appliance(cloud, a)
+        kit = appliance_kit(cloud, a)
         work = diskimage.work_dir(os.path.join(cloud.state_dir, 'tmp'))
         try:
             trip = diskimage.convert(a.source, a.source, work, cloud.conf,
@@ -115,22 +132,6 @@ class ImageFromDisk(common.ShowOne):
                    fstab_dropped=trip.dropped_fstab)
         return self.record(a, row)
 
-    @staticmethod
-    def _appliance(cloud, a):
-        deb = (a.appliance_kernel_package or
-               cloud.conf.local.appliance_kernel_package)
-        if not deb:
-            return None
-        kit = appliance.prepare(deb, os.path.join(cloud.state_dir,
-                                                  'appliance'))
-        virt_type, why = hostcheck.choose_virt_type(
-            cloud.conf.local.virt_type, cloud.host.conn, kit.kernel,
-            cloud.state_dir)
-        if virt_type is None:
-            raise exception.InvalidInput(reason=why)
-        kit.virt_type, kit.host = virt_type, cloud.host
-        return kit
-
 
 class SnapshotImage(common.ShowOne):
     """Save a stopped instance as a new AMI.
@@ -148,11 +149,16 @@ class SnapshotImage(common.ShowOne):
         p.add_argument('--keep-injected', action='store_true',
                        help='keep the injected SSH key, hostname and '
                        'NoCloud seed')
+        p.add_argument('--appliance-kernel-package', metavar='DEB',
+                       help='Debian kernel package the appliance VM boots '
+                       'to clean an XFS or btrfs root (default: [local] '
+                       'appliance_kernel_package)')
         return p
 
     def take_action(self, a):
-        meta, removed = snapshot.snapshot(self.cloud, a.instance, a.name,
-                                          keep_injected=a.keep_injected)
+        meta, removed = snapshot.snapshot(
+            self.cloud, a.instance, a.name, keep_injected=a.keep_injected,
+            appliance_kit=appliance_kit(self.cloud, a))
         row = common.image_row(meta)
         row['removed'] = removed
         return self.record(a, row)

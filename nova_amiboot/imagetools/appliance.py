@@ -52,7 +52,13 @@ _SIZE = re.compile(r'^[0-9]{1,20}$')
 _FSTAB_LINE = re.compile(r'^[ -~\t]{1,512}$')
 _RESULT = re.compile(r'^(ok|roots [0-9]{1,3}|copy|mount copy|mount boot|'
                      r'merge boot|fstab|mount transfer|transfer [A-Za-z0-9'
-                     r'._+~-]{1,128}|unmount copy)$')
+                     r'._+~-]{1,128}|unmount copy|type|mount base|'
+                     r'mount snapshot|unmount snapshot)$')
+# What the clean task may say it removed from a snapshot.
+REMOVABLE = ('/root/.ssh/authorized_keys', '/etc/hostname',
+             '/var/lib/cloud/seed/nocloud/meta-data',
+             '/var/lib/cloud/seed/nocloud/user-data',
+             '/var/lib/amiboot/provisioned')
 MAX_DROPPED = 64
 MAX_DEVICES = 128
 MEMORY_MB = 768
@@ -98,6 +104,7 @@ class Extracted:
     size: int = 0
     boot: str = ''
     dropped: list = dataclasses.field(default_factory=list)
+    removed: list = dataclasses.field(default_factory=list)
 
 
 def _top(res, key, value, image):
@@ -115,6 +122,9 @@ def _top(res, key, value, image):
         res.size = int(value)
     elif key == 'boot' and value in ('kept', 'merged'):
         res.boot = value
+    elif key == 'removed' and value in REMOVABLE and \
+            value not in res.removed:
+        res.removed.append(value)
     elif key == 'dropped' and _FSTAB_LINE.fullmatch(value) and \
             len(res.dropped) < MAX_DROPPED:
         res.dropped.append(value)
@@ -344,6 +354,29 @@ def find_root(devices, image):
             d.path + ''.join(' subvolume %s' % s for s in d.subvolumes)
             for d in roots))
     return roots[0]
+
+
+def clean(kernel, initrd, base, snapshot, image, work=None,
+          virt_type='qemu', timeout=TIMEOUT, host=None):
+    """Take the provisioning's traces out of an XFS or btrfs snapshot.
+
+    ``snapshot``: the flattened raw root, written in place (then trimmed,
+    btrfs shrunk, and truncated here to the size reported); ``base``: the
+    AMI it was made from, attached read-only to compare with. Returns the
+    Extracted (``removed``: what was taken out).
+    """
+    text = _boot(kernel, initrd, base, 'raw', image, work, virt_type,
+                 timeout, host, task='clean', outputs=(snapshot,))
+    res = Extracted()
+    parse(text, image, res)
+    if res.result != 'ok':
+        _fail(image, "the appliance could not clean the snapshot: %s failed"
+              % (res.result or 'the task'))
+    if res.size <= 0 or res.size > os.path.getsize(snapshot):
+        _fail(image, "the appliance reports a snapshot size out of range")
+    with open(snapshot, 'r+b') as f:
+        f.truncate(res.size)
+    return res
 
 
 @dataclasses.dataclass

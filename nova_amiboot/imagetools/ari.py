@@ -89,7 +89,7 @@ load_modules /etc/amiboot-ari/modules
 # The appliance (an ARI built by build_appliance, booted by
 # nova_amiboot.imagetools.appliance on an image's disk): its fixed program
 # instead of a root. An ARI without one ignores the parameter.
-if [ -x /appliance ] && grep -qE 'amiboot.appliance=(probe|extract)' \
+if [ -x /appliance ] && grep -qE 'amiboot.appliance=(probe|extract|clean)' \
     /proc/cmdline
 then
     for f in /etc/amiboot-ari/fs/*; do load_modules "$f"; done
@@ -608,10 +608,17 @@ APPLIANCE_SCRIPT = r'''#!/bin/busybox sh
 # /dev/vdb, merges a /boot partition into it, rewrites its fstab, trims it
 # (holes in the output file), and copies kernels, their modules and
 # os-release to the empty ext4 filesystem on /dev/vdc.
-export PATH=/bin:/usr/sbin
+# amiboot.appliance=clean takes out of a snapshot (XFS or btrfs, /dev/vdb)
+# what the instance's provisioning put in that its AMI (/dev/vda) has not:
+# the marked SSH keys, a changed hostname, the NoCloud seed, the stamp.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 out=/dev/ttyS0
 mode=probe
 grep -qw amiboot.appliance=extract /proc/cmdline && mode=extract
+grep -qw amiboot.appliance=clean /proc/cmdline && mode=clean
+MARKER='# The following ssh key was injected by nova-amiboot'
+SEED=/var/lib/cloud/seed/nocloud
+STAMP=/var/lib/amiboot/provisioned
 kv() { printf 'AMIBOOT-APPLIANCE %s %s\n' "$1" \
     "$(printf %s "$2" | base64 | tr -d '\n')" > $out; }
 echo AMIBOOT-APPLIANCE-BEGIN > $out
@@ -634,7 +641,8 @@ ro_opts() {
     esac
 }
 n=0; nroots=0; rdev=; rtype=; rsub=; bdev=; btype=
-for dev in /dev/vda /dev/vda[0-9]* /dev/mapper/*; do
+for dev in $([ $mode = clean ] || echo /dev/vda /dev/vda[0-9]* /dev/mapper/*)
+do
     [ -b "$dev" ] || continue
     n=$((n + 1))
     type=$(blkid -s TYPE -o value "$dev" 2> /dev/null)
@@ -738,19 +746,7 @@ extract() {
     umount /mnt/xfer
     fstrim /mnt/out > /dev/null 2>&1
     size=$(blockdev --getsize64 "$rdev")
-    if [ "$rtype" = btrfs ]; then
-        # btrfs shrinks while mounted: to its minimum and 64 MiB more.
-        min=$(btrfs inspect-internal min-dev-size /mnt/out 2> /dev/null |
-              awk '{print $1}')
-        case "$min" in
-            ''|*[!0-9]*) ;;
-            *) want=$((min + 67108864))
-               [ "$want" -lt "$size" ] &&
-                   btrfs filesystem resize "$want" /mnt/out > /dev/null \
-                       2>&1 && size=$want ;;
-        esac
-        fstrim /mnt/out > /dev/null 2>&1
-    fi
+    [ "$rtype" = btrfs ] && shrink_btrfs /mnt/out
     umount /mnt/out || fail "unmount copy"
     sync
     kv fstype "$rtype"
@@ -759,7 +755,75 @@ extract() {
     kv size "$size"
     kv result ok
 }
+shrink_btrfs() {
+    # btrfs shrinks while mounted, to its estimated minimum and some room
+    # (the estimate is low when chunks must move): 64 MiB more, else more.
+    min=$(btrfs inspect-internal min-dev-size "$1" 2> /dev/null |
+          awk '{print $1}')
+    case "$min" in
+        ''|*[!0-9]*) return ;;
+    esac
+    for room in 64 128 256 512 1024; do
+        want=$(( (min / 1048576 + room) * 1048576 ))
+        [ "$want" -lt "$size" ] || break
+        if btrfs filesystem resize "$want" "$1" > /dev/null 2>&1; then
+            size=$want
+            break
+        fi
+    done
+    fstrim "$1" > /dev/null 2>&1
+}
+
+clean() {
+    type=$(blkid -s TYPE -o value /dev/vdb)
+    case "$type" in xfs|btrfs) ;; *) fail type ;; esac
+    mkdir -p /mnt/base /mnt/out /tmp/base
+    mount -t $type -o "$(ro_opts $type)" /dev/vda /mnt/base ||
+        fail "mount base"
+    [ -f /mnt/base/etc/hostname ] && [ ! -L /mnt/base/etc/hostname ] &&
+        cp /mnt/base/etc/hostname /tmp/base/hostname
+    for p in $SEED/meta-data $SEED/user-data $STAMP; do
+        { [ -e "/mnt/base$p" ] || [ -L "/mnt/base$p" ]; } &&
+            touch "/tmp/base/$(echo $p | tr / _)"
+    done
+    umount /mnt/base
+    opts=rw
+    [ $type = xfs ] && opts=nouuid
+    [ $type = btrfs ] && btrfs device scan --forget > /dev/null 2>&1
+    mount -t $type -o $opts /dev/vdb /mnt/out || fail "mount snapshot"
+    ak=/mnt/out/root/.ssh/authorized_keys
+    if [ -f $ak ] && [ ! -L $ak ] && grep -qxF "$MARKER" $ak; then
+        awk -v m="$MARKER" '$0 == m { skip = 1; next }
+            skip { skip = 0; next } { print }' $ak > $ak.amiboot &&
+            chmod 600 $ak.amiboot && mv $ak.amiboot $ak &&
+            kv removed /root/.ssh/authorized_keys
+    fi
+    h=/mnt/out/etc/hostname
+    if [ -f /tmp/base/hostname ]; then
+        if [ -f $h ] && ! cmp -s /tmp/base/hostname $h; then
+            cp /tmp/base/hostname $h.amiboot && mv $h.amiboot $h &&
+                kv removed /etc/hostname
+        fi
+    elif [ -f $h ]; then
+        rm -f $h && kv removed /etc/hostname
+    fi
+    for p in $SEED/meta-data $SEED/user-data $STAMP; do
+        [ -f "/mnt/out$p" ] && [ ! -L "/mnt/out$p" ] &&
+            [ ! -e "/tmp/base/$(echo $p | tr / _)" ] &&
+            rm -f "/mnt/out$p" && kv removed "$p"
+    done
+    fstrim /mnt/out > /dev/null 2>&1
+    size=$(blockdev --getsize64 /dev/vdb)
+    [ $type = btrfs ] && shrink_btrfs /mnt/out
+    umount /mnt/out || fail "unmount snapshot"
+    sync
+    kv fstype "$type"
+    kv uuid "$(blkid -s UUID -o value /dev/vdb)"
+    kv size "$size"
+    kv result ok
+}
 [ $mode = extract ] && extract
+[ $mode = clean ] && clean
 echo AMIBOOT-APPLIANCE-END > $out
 '''
 

@@ -19,6 +19,7 @@ from lxml import etree
 from oslo_log import log as logging
 
 from nova_amiboot import disk as disk_mod
+from nova_amiboot.imagetools import appliance
 from nova_amiboot.imagetools import diskimage
 from nova_amiboot.local import config as local_config
 from nova_amiboot import exception
@@ -95,8 +96,19 @@ def _label(path):
     return None if label in ('', '<none>') else label
 
 
-def snapshot(cloud, instance, name, keep_injected=False):
-    """Make AMI ``name`` of stopped ``instance``; return (meta, removed)."""
+def _fstype(path, image):
+    out = sandbox.run(['blkid', '-p', '-o', 'value', '-s', 'TYPE', path],
+                      image, files=[path], ok_codes=(0, 2)).text
+    return out.strip()
+
+
+def snapshot(cloud, instance, name, keep_injected=False, appliance_kit=None):
+    """Make AMI ``name`` of stopped ``instance``; return (meta, removed).
+
+    An ext2/3/4 root is cleaned and shrunk here from user space; an XFS or
+    btrfs one in the appliance VM (``appliance_kit``), its AMI attached
+    read-only beside it to compare with.
+    """
     local_config.check_name('image', name)
     inst = cloud.get(instance)
     for meta in cloud.store.list():
@@ -126,13 +138,31 @@ def snapshot(cloud, instance, name, keep_injected=False):
                        disk_mod.sandboxed_filename(r, disk, fmt, base),
                        r.file(root, write=True)])
         label = instance + ' snapshot'
-        diskimage.check_fs(root, label, cloud.conf)
+        fstype = _fstype(root, label)
         removed = []
-        if not keep_injected:
-            fs = diskimage.ImageFS(root, label, cloud.conf)
-            base_fs = diskimage.ImageFS(base, source.name, cloud.conf)
-            removed = remove_injected(fs, base_fs, work)
-        diskimage.finish_fs(root, _label(root), label, cloud.conf)
+        if fstype in ('xfs', 'btrfs'):
+            if not keep_injected:
+                if appliance_kit is None:
+                    raise exception.InvalidInput(
+                        reason="instance %s: its root is %s, cleaned only in "
+                               "the appliance VM: give --appliance-kernel-"
+                               "package or set [local] appliance_kernel_"
+                               "package (or --keep-injected)"
+                               % (inst.name, fstype))
+                os.chmod(work, 0o711)   # QEMU (its own user) opens root
+                res = appliance.clean(
+                    appliance_kit.kernel, appliance_kit.initrd, base, root,
+                    label, work=work, virt_type=appliance_kit.virt_type,
+                    timeout=cloud.conf.amiboot.image_convert_timeout,
+                    host=appliance_kit.host)
+                removed = res.removed
+        else:
+            diskimage.check_fs(root, label, cloud.conf)
+            if not keep_injected:
+                fs = diskimage.ImageFS(root, label, cloud.conf)
+                base_fs = diskimage.ImageFS(base, source.name, cloud.conf)
+                removed = remove_injected(fs, base_fs, work)
+            diskimage.finish_fs(root, _label(root), label, cloud.conf)
         safety.inspect(root, 'ami', name, cloud.conf)
         props = dict(source.properties)
         props.update(snapshot_of=inst.name, base_image_ref=source.id)
