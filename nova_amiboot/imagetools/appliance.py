@@ -122,9 +122,9 @@ def _top(res, key, value, image):
         res.size = int(value)
     elif key == 'boot' and value in ('kept', 'merged'):
         res.boot = value
-    elif key == 'removed' and value in REMOVABLE and \
-            value not in res.removed:
-        res.removed.append(value)
+    elif key == 'removed' and value in REMOVABLE:
+        if value not in res.removed:
+            res.removed.append(value)
     elif key == 'dropped' and _FSTAB_LINE.fullmatch(value) and \
             len(res.dropped) < MAX_DROPPED:
         res.dropped.append(value)

@@ -1009,11 +1009,12 @@ def _convert(src, image, work, conf, kernel_version, label, append,
             # Which of them is the root is not known (they are not read
             # here): name them all, not the first (a RHEL-like disk's XFS
             # /boot comes before its XFS root).
-            _fail(image, "no ext2/3/4 root filesystem found; %s cannot be "
-                  "read here: only ext2, ext3 and ext4 roots can become an "
-                  "AMI" % ', '.join('%s (%s)' % (p.describe(),
-                                                 UNSUPPORTED[p.fstype])
-                                    for p in refused))
+            _fail(image, "no Linux root filesystem found; %s cannot "
+                  "become an AMI (an encrypted or ZFS root needs a key or "
+                  "a pool the instance's boot does not have)"
+                  % ', '.join('%s (%s)' % (p.describe(),
+                                           UNSUPPORTED[p.fstype])
+                              for p in refused))
         _fail(image, "no Linux root filesystem found (looked for "
               "/etc/os-release and /sbin/init on %s)"
               % (', '.join('%s (%s)' % (p.describe(), p.fstype or 'unknown')

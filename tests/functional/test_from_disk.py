@@ -8,6 +8,7 @@ package. Booting a converted Debian is in test_from_disk_boot.
 
 import os
 import shutil
+import struct
 import subprocess
 
 from nova_amiboot.imagetools import ari
@@ -105,6 +106,17 @@ class FromDiskTestCase(test_cli.CliTestCase):
         run('mkfs.btrfs', '-q', path)
 
     @staticmethod
+    def luks(path, size):
+        header = (b'LUKS\xba\xbe' + struct.pack('>H', 1) +
+                  b'aes'.ljust(32, b'\0') + b'xts-plain64'.ljust(32, b'\0') +
+                  b'sha256'.ljust(32, b'\0') + struct.pack('>II', 4096, 64) +
+                  bytes(52) + struct.pack('>I', 1000) +
+                  b'0b5a1c2e-3d4f-4a5b-8c6d-7e8f9a0b1c2d'.ljust(40, b'\0'))
+        with open(path, 'wb') as f:
+            f.write(header)
+            f.truncate(size * MiB)
+
+    @staticmethod
     def xfs(path, size):
         with open(path, 'wb') as f:
             f.truncate(size * MiB)
@@ -168,7 +180,10 @@ class TestFromDisk(FromDiskTestCase):
                                                 (LINUX, 300, fs)])
             msg = self.error('image', 'from-disk', disk, 'bad')
             self.assertIn(disk, msg)
-            self.assertIn('(%s) cannot be read here' % word, msg)
+            # Without an appliance kernel: what would read it, named.
+            self.assertIn('(%s) can be read only in the appliance VM' % word,
+                          msg)
+            self.assertIn('--appliance-kernel-package', msg)
         # Laid out like a RHEL-family image: XFS /boot (partition 3) before
         # the XFS root (4): both are named, neither called the root.
         disk = self.make_disk('r-rhel', [(BIOS_BOOT, 1, None),
@@ -176,7 +191,15 @@ class TestFromDisk(FromDiskTestCase):
                                          (LINUX, 300, self.xfs),
                                          (LINUX, 300, self.xfs)])
         msg = self.error('image', 'from-disk', disk, 'bad')
-        self.assertIn('partition 3 (XFS), partition 4 (XFS) cannot be read',
+        self.assertIn('partition 3 (XFS), partition 4 (XFS) can be read '
+                      'only in the appliance', msg)
+        # LUKS (a LUKS1 header, as blkid knows it) and ZFS never become
+        # an AMI: named, with the reason.
+        disk = self.make_disk('r-luks', [(ESP, 8, self.vfat),
+                                         (LINUX, 32, self.luks)])
+        msg = self.error('image', 'from-disk', disk, 'bad')
+        self.assertIn(disk, msg)
+        self.assertIn('partition 2 (LUKS-encrypted) cannot become an AMI',
                       msg)
         empty = self.scratch('empty')
         os.makedirs(os.path.join(empty, 'data'))

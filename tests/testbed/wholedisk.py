@@ -218,14 +218,11 @@ subvolumes() {
     mkdir -p /mnt/t
     mount -t btrfs /dev/vdb /mnt/t || return 1
     btrfs subvolume snapshot /mnt/t /mnt/t/root > /dev/null || return 1
-    btrfs subvolume create /mnt/t/home > /dev/null || return 1
     for e in /mnt/t/* /mnt/t/.[!.]*; do
         [ -e "$e" ] || continue
-        case "$e" in
-            /mnt/t/root|/mnt/t/home) ;;
-            *) rm -rf "$e" || return 1 ;;
-        esac
+        [ "$e" = /mnt/t/root ] || rm -rf "$e" || return 1
     done
+    btrfs subvolume create /mnt/t/home > /dev/null || return 1
     ls /mnt/t > $out
     umount /mnt/t
 }
