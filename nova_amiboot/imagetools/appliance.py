@@ -291,6 +291,8 @@ def probe(kernel, initrd, disk, disk_format, image=None, work=None,
     return devices
 
 
+# What the appliance mounts (read-only) to look for a root.
+MOUNTABLE = ('ext2', 'ext3', 'ext4', 'xfs', 'btrfs')
 # What is refused by name when no root was found, and how it is called.
 UNREADABLE = {'crypto_LUKS': 'LUKS-encrypted', 'zfs_member': 'ZFS',
               'linux_raid_member': 'a RAID member',
@@ -343,10 +345,14 @@ def find_root(devices, image):
                   '%s (%s)' % (d.path, UNREADABLE[d.fstype])
                   for d in unreadable))
     if not roots:
+        def what(d):
+            if d.fstype in MOUNTABLE and not d.mounted:
+                return '%s (%s: did not mount, damaged or spread over ' \
+                    'several disks)' % (d.path, d.fstype)
+            return '%s (%s)' % (d.path, d.fstype or 'unknown')
         _fail(image, "no Linux root filesystem found (looked for "
-              "/etc/os-release and an init on %s)" % (', '.join(
-                  '%s (%s)' % (d.path, d.fstype or 'unknown')
-                  for d in devices) or 'no device'))
+              "/etc/os-release and an init on %s)" % (
+                  ', '.join(what(d) for d in devices) or 'no device'))
     count = sum(max(1, len(d.subvolumes)) if not d.root else
                 1 + len(d.subvolumes) for d in roots)
     if count > 1:
@@ -357,16 +363,21 @@ def find_root(devices, image):
 
 
 def clean(kernel, initrd, base, snapshot, image, work=None,
-          virt_type='qemu', timeout=TIMEOUT, host=None):
+          virt_type='qemu', timeout=TIMEOUT, host=None, subvol=''):
     """Take the provisioning's traces out of an XFS or btrfs snapshot.
 
     ``snapshot``: the flattened raw root, written in place (then trimmed,
     btrfs shrunk, and truncated here to the size reported); ``base``: the
-    AMI it was made from, attached read-only to compare with. Returns the
-    Extracted (``removed``: what was taken out).
+    AMI it was made from, attached read-only to compare with; ``subvol``:
+    the root subvolume of a btrfs AMI (its ``rootflags=subvol=``). Returns
+    the Extracted (``removed``: what was taken out).
     """
+    if subvol and (not _SUBVOL.fullmatch(subvol) or
+                   '..' in subvol.split('/')):
+        _fail(image, "root subvolume %r out of grammar" % subvol)
     text = _boot(kernel, initrd, base, 'raw', image, work, virt_type,
-                 timeout, host, task='clean', outputs=(snapshot,))
+                 timeout, host, task='clean', outputs=(snapshot,),
+                 append='amiboot.subvol=%s' % subvol if subvol else '')
     res = Extracted()
     parse(text, image, res)
     if res.result != 'ok':

@@ -778,8 +778,12 @@ clean() {
     type=$(blkid -s TYPE -o value /dev/vdb)
     case "$type" in xfs|btrfs) ;; *) fail type ;; esac
     mkdir -p /mnt/base /mnt/out /tmp/base
-    mount -t $type -o "$(ro_opts $type)" /dev/vda /mnt/base ||
-        fail "mount base"
+    # The root subvolume of a btrfs AMI (its rootflags=subvol=...).
+    sub=
+    [ $type = btrfs ] && sub=$(sed -n \
+        's|.*amiboot\.subvol=\([A-Za-z0-9@._+/-]*\).*|\1|p' /proc/cmdline)
+    mount -t $type -o "$(ro_opts $type)${sub:+,subvol=$sub}" /dev/vda \
+        /mnt/base || fail "mount base"
     [ -f /mnt/base/etc/hostname ] && [ ! -L /mnt/base/etc/hostname ] &&
         cp /mnt/base/etc/hostname /tmp/base/hostname
     for p in $SEED/meta-data $SEED/user-data $STAMP; do
@@ -787,7 +791,7 @@ clean() {
             touch "/tmp/base/$(echo $p | tr / _)"
     done
     umount /mnt/base
-    opts=rw
+    opts=rw${sub:+,subvol=$sub}
     [ $type = xfs ] && opts=nouuid
     [ $type = btrfs ] && btrfs device scan --forget > /dev/null 2>&1
     mount -t $type -o $opts /dev/vdb /mnt/out || fail "mount snapshot"

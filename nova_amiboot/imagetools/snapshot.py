@@ -96,6 +96,17 @@ def _label(path):
     return None if label in ('', '<none>') else label
 
 
+def _root_subvolume(properties):
+    """The btrfs subvolume an AMI's os_command_line boots from, or ''."""
+    cmdline = (properties or {}).get('os_command_line') or ''
+    for word in cmdline.split():
+        if word.startswith('rootflags='):
+            for opt in word[len('rootflags='):].split(','):
+                if opt.startswith('subvol='):
+                    return opt[len('subvol='):]
+    return ''
+
+
 def _fstype(path, image):
     out = sandbox.run(['blkid', '-p', '-o', 'value', '-s', 'TYPE', path],
                       image, files=[path], ok_codes=(0, 2)).text
@@ -154,7 +165,8 @@ def snapshot(cloud, instance, name, keep_injected=False, appliance_kit=None):
                     appliance_kit.kernel, appliance_kit.initrd, base, root,
                     label, work=work, virt_type=appliance_kit.virt_type,
                     timeout=cloud.conf.amiboot.image_convert_timeout,
-                    host=appliance_kit.host)
+                    host=appliance_kit.host,
+                    subvol=_root_subvolume(source.properties))
                 removed = res.removed
         else:
             diskimage.check_fs(root, label, cloud.conf)

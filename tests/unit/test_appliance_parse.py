@@ -96,6 +96,14 @@ class ParseTest(unittest.TestCase):
         with self.assertRaises(exception.InvalidImage) as cm:
             appliance.find_root(two, 'img')
         self.assertIn('several root filesystems', str(cm.exception))
+        # A btrfs whose other device is on another disk does not mount.
+        half = [appliance.Device('/dev/vda2', fstype='vfat'),
+                appliance.Device('/dev/vda3', fstype='btrfs')]
+        with self.assertRaises(exception.InvalidImage) as cm:
+            appliance.find_root(half, 'img')
+        self.assertIn('/dev/vda2 (vfat), /dev/vda3 (btrfs: did not mount, '
+                      'damaged or spread over several disks)',
+                      str(cm.exception))
         one = [appliance.Device('/dev/vda3', fstype='btrfs',
                                 subvolumes=['root'])]
         self.assertIs(one[0], appliance.find_root(one, 'img'))
