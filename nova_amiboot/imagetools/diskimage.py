@@ -865,6 +865,17 @@ APPLIANCE_TYPES = ('xfs', 'btrfs', 'LVM2_member')
 TRANSFER_BYTES = 2048 * MiB
 
 
+def _build_ramdisk(modules_dir, version, image, work):
+    """(path, modules): the ARI from the image's own modules tree."""
+    ramdisk = os.path.join(work, 'initrd.img')
+    try:
+        modules = ari.build_ari(ramdisk, modules_dir=modules_dir)
+    except (exception.ModuleNotFound, exception.ARIBuildFailed) as e:
+        _fail(image, "kernel %s: %s" % (version, e))
+    shutil.rmtree(os.path.join(work, 'modules'), ignore_errors=True)
+    return ramdisk, modules
+
+
 def _make_transfer(path, image, conf):
     """An empty ext4 filesystem in a sparse file (no tenant byte in it)."""
     with open(path, 'wb') as f:
@@ -938,12 +949,7 @@ def _convert_in_appliance(src, fmt, vsize, image, work, conf,
                       root_fs.read_text('/os-release', work) or '', re.M)
         name = m.group(1) if m else name
     os.unlink(transfer)
-    ramdisk = os.path.join(work, 'initrd.img')
-    try:
-        modules = ari.build_ari(ramdisk, modules_dir=modules_dir)
-    except (exception.ModuleNotFound, exception.ARIBuildFailed) as e:
-        _fail(image, "kernel %s: %s" % (version, e))
-    shutil.rmtree(os.path.join(work, 'modules'), ignore_errors=True)
+    ramdisk, modules = _build_ramdisk(modules_dir, version, image, work)
     size = res.size
     if res.fstype in EXT_TYPES:
         # An ext root on LVM: shrunk and zeroed here like any other.
@@ -1042,12 +1048,7 @@ def _convert(src, image, work, conf, kernel_version, label, append,
         _fail(image, "kernel %s has no modules directory "
               "(/usr/lib/modules/%s or /lib/modules/%s)"
               % (version, version, version))
-    ramdisk = os.path.join(work, 'initrd.img')
-    try:
-        modules = ari.build_ari(ramdisk, modules_dir=modules_dir)
-    except (exception.ModuleNotFound, exception.ARIBuildFailed) as e:
-        _fail(image, "kernel %s: %s" % (version, e))
-    shutil.rmtree(os.path.join(work, 'modules'), ignore_errors=True)
+    ramdisk, modules = _build_ramdisk(modules_dir, version, image, work)
     fstab = root_fs.read_text('/etc/fstab', work)
     new_fstab, dropped = rewrite_fstab(fstab, label, root.fstype)
     root_fs.write('/etc/fstab', new_fstab.encode(), mode=0o644)

@@ -20,6 +20,7 @@ from nova_amiboot.imagetools import ami as ami_mod
 from nova_amiboot.imagetools import appliance
 from nova_amiboot.imagetools import ari
 from tests.functional import test_from_disk as tfd
+from tests.testbed import wholedisk
 
 MiB = 1024 * 1024
 ROOT_UUID = '9e1c2d4a-5b6f-4a8e-b1c2-3d4e5f607182'
@@ -80,37 +81,13 @@ class ApplianceTest(tfd.FromDiskTestCase):
     def lvm_of(self, tree, lv_mb=300):
         """A maker: an LVM physical volume whose LV ``amivg/root`` is XFS.
 
-        The metadata is written by the host's lvm on a loop device of the
-        partition's file without the device mapper (``--driverloaded n``:
-        nothing is activated here), no backup under /etc/lvm; the XFS
-        image goes where the LV's one segment starts.
+        As the test bed's RHEL-like LVM disk (wholedisk._lvm_partition):
+        the host's lvm without the device mapper, nothing activated.
         """
         def maker(path, size):
-            with open(path, 'wb') as f:
-                f.truncate(size * MiB)
-            loop = run('losetup', '-f', '--show', path).stdout.decode()
-            loop = loop.strip()
-            conf = ('devices { filter = [ "a|^%s$|", "r|.*|" ] '
-                    'obtain_device_list_from_udev = 0 } '
-                    'backup { backup = 0 archive = 0 }' % loop)
-            lvm = ['lvm', '--driverloaded', 'n', '--config', conf]
-            env = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS='1')
-            try:
-                for cmd in (['pvcreate', '-q', loop],
-                            ['vgcreate', '-q', 'amivg', loop],
-                            ['lvcreate', '-q', '-an', '-Zn', '-L',
-                             '%dM' % lv_mb, '-n', 'root', 'amivg']):
-                    run(lvm[0], cmd[0], *(lvm[1:] + cmd[1:]), env=env)
-                start = run(lvm[0], 'pvs', *lvm[1:], '-o', 'pe_start',
-                            '--units', 'b', '--noheadings', '--nosuffix',
-                            loop, env=env).stdout.decode().split()[-1]
-            finally:
-                run('losetup', '-d', loop)
             lv = path + '.lv'
             self.xfs_of(tree)(lv, lv_mb)
-            run('dd', 'if=' + lv, 'of=' + path, 'bs=1M',
-                'seek=%d' % (int(start) // MiB), 'conv=notrunc,sparse',
-                'status=none')
+            wholedisk._lvm_partition(lv, path)
             os.unlink(lv)
         return maker
 
@@ -131,16 +108,8 @@ class ApplianceTest(tfd.FromDiskTestCase):
         """
         tool = os.path.join(self._work.name, 'look.img')
         if not os.path.exists(tool):
-            ari.build_appliance(tool, kernel_package=self.testbed[
-                'kernel_package'])
-            extra = self.scratch('look-extra')
-            os.makedirs(extra)
-            with open(os.path.join(extra, 'appliance'), 'w') as f:
-                f.write(LOOK_SCRIPT)
-            os.chmod(os.path.join(extra, 'appliance'), 0o755)
-            with open(tool, 'ab') as f:
-                f.write(run('sh', '-c', 'cd %s && echo appliance | cpio -o '
-                            '-H newc 2>/dev/null | gzip' % extra).stdout)
+            wholedisk.appliance_running(LOOK_SCRIPT, tool,
+                                        self.testbed['kernel_package'])
         copy = os.path.join(self._work.name, 'look-ami.raw')
         shutil.copyfile(ami, copy)
         try:

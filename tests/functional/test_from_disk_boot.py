@@ -42,73 +42,8 @@ def contains(path, needle):
     return False
 
 
-class TestWholeDiskDebian(test_cli.CliTestCase):
-
-    def test_convert_boot_and_ssh(self):
-        disk = wholedisk.build_image()
-        res = self.json('image', 'from-disk', disk, 'debdisk', '--append',
-                        'net.ifnames=0')
-        self.assertEqual(2, res['root_partition'])
-        self.assertIn('Debian GNU/Linux 12', res['os'])
-        self.assertTrue(res['kernel_version'].endswith('-cloud-amd64'))
-        self.assertEqual(['UUID=%s /boot/efi vfat umask=0077 0 1'
-                          % wholedisk.ESP_UUID], res['fstab_dropped'])
-        # The deleted file's blocks were in the root partition; the AMI's
-        # free blocks are zero.
-        root = os.path.join(self.state, 'images', res['id'])
-        self.assertFalse(contains(root, wholedisk.MARKER))
-        inst = self.boot('dd1', '--image', 'debdisk', '--root-gb', '3',
-                         '--memory-mb', '512', '--vcpus', '1',
-                         '--key-file', self.key + '.pub', '--wait',
-                         '--timeout', '600')
-        self.assertEqual('ready', inst['wait'])
-        # from-disk's ARI is ours and declared: grown and keyed by the
-        # guest's own /init, nothing attached on the host.
-        self.assertEqual('guest', inst['provision'])
-        self.assertEqual('whole-disk test image\n',
-                         ssh(self, 'dd1', 'cat', '/etc/amiboot-origin'))
-        self.assertEqual(res['kernel_version'],
-                         ssh(self, 'dd1', 'uname', '-r').strip())
-        # The flavor's 3 GiB, not the image's few hundred MiB.
-        size = int(ssh(self, 'dd1', 'df', '-B1', '--output=size',
-                       '/').split()[-1])
-        self.assertGreater(size, 0.95 * 3 * 1024 ** 3)
-        # Mounted read-write by LABEL= from the rewritten fstab, and
-        # systemd did not wait for the vanished ESP.
-        mounts = ssh(self, 'dd1', 'findmnt', '-no', 'SOURCE,OPTIONS', '/')
-        self.assertIn('/dev/vda', mounts)
-        self.assertIn('rw', mounts.split()[1].split(','))
-        self.assertNotIn('efi', ssh(self, 'dd1', 'cat', '/proc/mounts'))
-        self.amiboot('delete', 'dd1')
-
-
-def allocated(path):
-    return os.stat(path).st_blocks * 512
-
-
-class TestWholeDiskFamilies(test_cli.CliTestCase):
-    """RHEL-like, RHEL-like on LVM, Fedora-like: from-disk in the VM."""
-
-    def convert(self, layout, name):
-        disk = wholedisk.build_image(layout)
-        start = time.monotonic()
-        res = self.json('image', 'from-disk', disk, name, '--append',
-                        'net.ifnames=0', '--appliance-kernel-package',
-                        self.testbed['kernel_package'])
-        took = time.monotonic() - start
-        root = os.path.join(self.state, 'images', res['id'])
-        print('\nfrom-disk %s: %.1f s; source %d MiB allocated (qcow2), '
-              'AMI %d MiB, %d MiB allocated' % (
-                  layout, took, allocated(disk) >> 20,
-                  os.path.getsize(root) >> 20, allocated(root) >> 20),
-              file=sys.stderr)
-        # Partition 4 (after BIOS boot, ESP, /boot); an LV is none.
-        self.assertEqual(0 if layout == 'rhel-lvm' else 4,
-                         res['root_partition'])
-        self.assertIn('Debian GNU/Linux 12', res['os'])
-        self.assertTrue(res['kernel_version'].endswith('-cloud-amd64'))
-        self.assertIn('root=UUID=', res['os_command_line'])
-        return res
+class WholeDiskBoot(test_cli.CliTestCase):
+    """Boot a converted image; check it from inside over SSH."""
 
     def boot_and_check(self, name, image, fstype, gib=3):
         inst = self.boot(name, '--image', image, '--root-gb', str(gib),
@@ -134,6 +69,60 @@ class TestWholeDiskFamilies(test_cli.CliTestCase):
         self.assertNotIn(' /boot ', mounts)
         self.assertNotIn('/boot/efi', mounts)
         return opts, mounts
+
+
+class TestWholeDiskDebian(WholeDiskBoot):
+
+    def test_convert_boot_and_ssh(self):
+        disk = wholedisk.build_image()
+        res = self.json('image', 'from-disk', disk, 'debdisk', '--append',
+                        'net.ifnames=0')
+        self.assertEqual(2, res['root_partition'])
+        self.assertIn('Debian GNU/Linux 12', res['os'])
+        self.assertTrue(res['kernel_version'].endswith('-cloud-amd64'))
+        self.assertEqual(['UUID=%s /boot/efi vfat umask=0077 0 1'
+                          % wholedisk.ESP_UUID], res['fstab_dropped'])
+        # The deleted file's blocks were in the root partition; the AMI's
+        # free blocks are zero.
+        root = os.path.join(self.state, 'images', res['id'])
+        self.assertFalse(contains(root, wholedisk.MARKER))
+        # from-disk's ARI is ours and declared: grown and keyed by the
+        # guest's own /init, nothing attached on the host; mounted
+        # read-write by LABEL= from the rewritten fstab, and systemd did
+        # not wait for the vanished ESP.
+        self.boot_and_check('dd1', 'debdisk', 'ext4')
+        self.assertEqual(res['kernel_version'],
+                         ssh(self, 'dd1', 'uname', '-r').strip())
+        self.amiboot('delete', 'dd1')
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+class TestWholeDiskFamilies(WholeDiskBoot):
+    """RHEL-like, RHEL-like on LVM, Fedora-like: from-disk in the VM."""
+
+    def convert(self, layout, name):
+        disk = wholedisk.build_image(layout)
+        start = time.monotonic()
+        res = self.json('image', 'from-disk', disk, name, '--append',
+                        'net.ifnames=0', '--appliance-kernel-package',
+                        self.testbed['kernel_package'])
+        took = time.monotonic() - start
+        root = os.path.join(self.state, 'images', res['id'])
+        print('\nfrom-disk %s: %.1f s; source %d MiB allocated (qcow2), '
+              'AMI %d MiB, %d MiB allocated' % (
+                  layout, took, allocated(disk) >> 20,
+                  os.path.getsize(root) >> 20, allocated(root) >> 20),
+              file=sys.stderr)
+        # Partition 4 (after BIOS boot, ESP, /boot); an LV is none.
+        self.assertEqual(0 if layout == 'rhel-lvm' else 4,
+                         res['root_partition'])
+        self.assertIn('Debian GNU/Linux 12', res['os'])
+        self.assertTrue(res['kernel_version'].endswith('-cloud-amd64'))
+        self.assertIn('root=UUID=', res['os_command_line'])
+        return res
 
     def snapshot_boots(self, name, fstype):
         self.json('stop', name)

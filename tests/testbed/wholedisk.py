@@ -231,25 +231,36 @@ echo AMIBOOT-APPLIANCE-END > $out
 '''
 
 
+def appliance_running(program, tool, kernel_package):
+    """Write ``tool``: the appliance ARI whose /appliance is ``program``.
+
+    A second (gzip'd) cpio archive after the first replaces /appliance;
+    the ARI's /init runs it. For test beds that need a VM to do something
+    the product's appliance does not.
+    """
+    from nova_amiboot.imagetools import ari
+    ari.build_appliance(tool, kernel_package=kernel_package)
+    with tempfile.TemporaryDirectory(prefix='amiboot-prog-') as extra:
+        with open(os.path.join(extra, 'appliance'), 'w') as f:
+            f.write(program)
+        os.chmod(os.path.join(extra, 'appliance'), 0o755)
+        archive = _run('sh', '-c', 'cd %s && echo appliance | cpio -o -H '
+                       'newc 2>/dev/null | gzip' % extra).stdout
+    with open(tool, 'ab') as f:
+        f.write(archive)
+    os.chmod(tool, 0o644)
+
+
 def _btrfs_subvolumes(tree, out, work):
     """A btrfs image: subvolumes root (``tree``) and home, top level bare."""
     from nova_amiboot.imagetools import appliance
-    from nova_amiboot.imagetools import ari
     with open(out, 'wb') as f:
         f.truncate((int(_tree_mb(tree) * 1.6) + 300) * MiB)
     _run('mkfs.btrfs', '-q', '-f', '-U', ROOT_UUID, '-L', 'fedora',
          '--rootdir', tree, out)
     tb = build.build()
     tool = os.path.join(work, 'subvol.img')
-    ari.build_appliance(tool, kernel_package=tb['kernel_package'])
-    extra = os.path.join(work, 'subvol-extra')
-    os.makedirs(extra)
-    with open(os.path.join(extra, 'appliance'), 'w') as f:
-        f.write(SUBVOLUMES_SCRIPT)
-    os.chmod(os.path.join(extra, 'appliance'), 0o755)
-    with open(tool, 'ab') as f:
-        f.write(_run('sh', '-c', 'cd %s && echo appliance | cpio -o -H '
-                     'newc 2>/dev/null | gzip' % extra).stdout)
+    appliance_running(SUBVOLUMES_SCRIPT, tool, tb['kernel_package'])
     empty = os.path.join(work, 'empty.raw')
     with open(empty, 'wb') as f:
         f.truncate(MiB)
