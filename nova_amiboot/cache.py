@@ -63,6 +63,8 @@ class CachedImage:
     path: str
     format: str
     virtual_size: int
+    # True when this call downloaded it (it was not in the cache).
+    fetched: bool = False
 
 
 class ImageCache(object):
@@ -183,7 +185,8 @@ class ImageCache(object):
                                   facts=facts)
             _record_format(path, meta.disk_format)
             self._pin(path)
-        return CachedImage(image_id, path, 'raw', info.virtual_size)
+        return CachedImage(image_id, path, 'raw', info.virtual_size,
+                           fetched=True)
 
     def _remove_stale_parts(self, path):
         for part in glob.glob(glob.escape(path) + '.part*'):

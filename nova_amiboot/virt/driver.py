@@ -252,6 +252,64 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
         return super()._live_snapshot(context, instance, guest, *args,
                                       **kwargs)
 
+    def cache_image(self, context, image_id):
+        """Pre-cache ``image_id`` in ``_base`` (compute API 2.81).
+
+        ``openstack aggregate cache image`` calls this on every host of the
+        aggregate. An AMI (an image with a kernel_id) enters ``_base`` with
+        its AKI and ARI through the core's cache, as a spawn fetches them
+        (its locks, verification, format inspection; the AMI's base checked
+        as the spawn's provisioning route needs), so that a later boot here
+        downloads nothing. An AKI or ARI alone enters the same way. nova's
+        contract: True when anything was fetched, False when everything was
+        cached already (each existing base re-inspected and its timestamp
+        renewed, as nova renews it). Every other image is nova's.
+        """
+        cache = imagebackend.image_cache(context)
+        with errors.as_nova_errors(image_id):
+            meta = cache.source.get_meta(image_id)
+            if meta.kernel_id:
+                parts = self._triplet_parts(cache, meta)
+            elif meta.disk_format in ('aki', 'ari'):
+                parts = [(image_id, meta.disk_format, True)]
+            else:
+                return super().cache_image(context, image_id)
+            fetched = []
+            for part_id, fmt, facts in parts:
+                if cache.fetch(part_id, fmt, facts=facts).fetched:
+                    fetched.append(part_id)
+        LOG.info("Image %(image)s cached by request: %(fetched)s fetched, "
+                 "%(had)s already cached",
+                 {'image': image_id, 'fetched': ', '.join(fetched) or 'none',
+                  'had': ', '.join(p[0] for p in parts
+                                   if p[0] not in fetched) or 'none'})
+        return bool(fetched)
+
+    @staticmethod
+    def _triplet_parts(cache, ami):
+        """[(image id, expected format, facts)] of AMI ``ami``'s triplet.
+
+        Kernel and ramdisk first: a triplet with a part gone fails before
+        the AMI, the large one, is downloaded. The AMI's base gets its
+        facts unless the image is provisioned in the guest (as
+        _create_ami_disk fetches it); an image that no boot would accept
+        (a provisioning declaration refused) is refused here too, before
+        anything is fetched.
+        """
+        guest = False
+        if ami.ramdisk_id:
+            # As _provision_mode decides it for an instance of the image.
+            try:
+                ari = spawn.ramdisk_meta(cache.source, ami)
+            except exception.ImageNotFound:
+                ari = None
+            guest = spawn.provision_mode(
+                CONF, ami, ari, instance='(image pre-cache)') == 'guest'
+        parts = [(ami.kernel_id, 'aki', True)]
+        if ami.ramdisk_id:
+            parts.append((ami.ramdisk_id, 'ari', True))
+        return parts + [(ami.id, 'ami', not guest)]
+
     def _cache_kernel_ramdisk(self, context, instance, kernel_id,
                               ramdisk_id, suffix=''):
         """kernel and ramdisk (instance files) from our inspected cache.
