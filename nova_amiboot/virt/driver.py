@@ -191,6 +191,28 @@ def _base_dir():
                         CONF.image_cache.subdirectory_name)
 
 
+def _fetch_or_copy(cache, image_id, fmt, source_host=None):
+    """cache.fetch, or the base copied from ``source_host`` when gone.
+
+    A resize or cold migration (nova's fallback_from_host) to a host
+    without the base, of a kernel or ramdisk deleted from Glance since:
+    nova copies a root disk's base from the source host then, but fetches
+    kernel and ramdisk again and fails the move. Their base is copied from
+    the source (the same instances path there) and inspected as a fetch
+    is (ImageCache.adopt).
+    """
+    try:
+        return cache.fetch(image_id, fmt)
+    except exception.ImageNotFound:
+        if not source_host:
+            raise
+    base = cache.path_for(image_id)
+    LOG.info("Image %(image)s is gone from Glance: copying its base from "
+             "%(host)s", {'image': image_id, 'host': source_host})
+    return cache.adopt(image_id, fmt, lambda tmp: libvirt_utils.copy_image(
+        src=base, dest=tmp, host=source_host, receive=True))
+
+
 class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def __init__(self, virtapi, read_only=False):
@@ -351,10 +373,15 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
                 # Into _base, inspected; nova then copies them from there.
                 cache = imagebackend.image_cache(context,
                                                  instance.trusted_certs)
+                source_host = kwargs.get('fallback_from_host')
+                if source_host is None and len(args) > 1:
+                    source_host = args[1]
                 with errors.as_nova_errors(instance.image_ref):
-                    cache.fetch(images['kernel_id'], 'aki')
+                    _fetch_or_copy(cache, images['kernel_id'], 'aki',
+                                   source_host)
                     if images.get('ramdisk_id'):
-                        cache.fetch(images['ramdisk_id'], 'ari')
+                        _fetch_or_copy(cache, images['ramdisk_id'], 'ari',
+                                       source_host)
                     if self._provision_mode(cache, instance,
                                             images) == 'guest':
                         path = os.path.join(
