@@ -97,10 +97,17 @@ class FetchTest(unittest.TestCase):
             'aki-6', 'aki', lambda path: self.fail('copied again')).path)
 
     def test_adopt_refuses_an_unsafe_copy_leaving_nothing(self):
+        # (qemu-img create with data_file_raw=on truncates and writes the
+        # data file: a scratch file here, never a host file.)
+        data_file = os.path.join(self.cache.base_dir, '..', 'victim')
+        with open(data_file, 'wb') as f:
+            f.write(b'precious\n')
+
         def write(path):
             subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',
-                            '-o', 'data_file=/etc/passwd,data_file_raw=on',
-                            path, '1M'], check=True, capture_output=True)
+                            '-o', 'data_file=%s,data_file_raw=on'
+                            % data_file, path, '1M'], check=True,
+                           capture_output=True)
         self.assertRaises(exception.AmibootException, self.cache.adopt,
                           'ari-7', 'ari', write)
         self.assertEqual([], os.listdir(self.cache.base_dir))
