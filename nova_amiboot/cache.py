@@ -63,6 +63,8 @@ class CachedImage:
     path: str
     format: str
     virtual_size: int
+    # True when this call downloaded it (it was not in the cache).
+    fetched: bool = False
 
 
 class ImageCache(object):
@@ -183,7 +185,42 @@ class ImageCache(object):
                                   facts=facts)
             _record_format(path, meta.disk_format)
             self._pin(path)
-        return CachedImage(image_id, path, 'raw', info.virtual_size)
+        return CachedImage(image_id, path, 'raw', info.virtual_size,
+                           fetched=True)
+
+    def adopt(self, image_id, expected_format, write):
+        """``image_id`` into the cache from ``write(path)``, not the source.
+
+        For a kernel or ramdisk the image source no longer has, which a
+        migration copies from the host it left: written aside under the
+        base's lock (``write`` fills the path it is given), inspected as
+        ``expected_format`` as a fetch inspects, renamed into place whole
+        and root-owned 0644. A base already there is left as it is.
+        Returns what fetch() returns for it then.
+        """
+        path = self.path_for(image_id)
+        with self._lock(os.path.basename(path)):
+            if not os.path.exists(path):
+                self._remove_stale_parts(path)
+                tmp = '%s.part-%d' % (path, os.getpid())
+                try:
+                    write(tmp)
+                    safety.inspect(tmp, expected_format, image_id,
+                                   self.conf)
+                    os.chmod(tmp, 0o644)
+                    with open(tmp, 'rb') as f:
+                        os.fsync(f.fileno())
+                    os.rename(tmp, path)
+                    utils.fsync_dir(self.base_dir)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+                _record_format(path, expected_format)
+                LOG.info("Image %(id)s (%(fmt)s) entered %(path)s from a "
+                         "copy, not from its source",
+                         {'id': image_id, 'fmt': expected_format,
+                          'path': path})
+        return self.fetch(image_id, expected_format)
 
     def _remove_stale_parts(self, path):
         for part in glob.glob(glob.escape(path) + '.part*'):

@@ -191,6 +191,28 @@ def _base_dir():
                         CONF.image_cache.subdirectory_name)
 
 
+def _fetch_or_copy(cache, image_id, fmt, source_host=None):
+    """cache.fetch, or the base copied from ``source_host`` when gone.
+
+    A resize or cold migration (nova's fallback_from_host) to a host
+    without the base, of a kernel or ramdisk deleted from Glance since:
+    nova copies a root disk's base from the source host then, but fetches
+    kernel and ramdisk again and fails the move. Their base is copied from
+    the source (the same instances path there) and inspected as a fetch
+    is (ImageCache.adopt).
+    """
+    try:
+        return cache.fetch(image_id, fmt)
+    except exception.ImageNotFound:
+        if not source_host:
+            raise
+    base = cache.path_for(image_id)
+    LOG.info("Image %(image)s is gone from Glance: copying its base from "
+             "%(host)s", {'image': image_id, 'host': source_host})
+    return cache.adopt(image_id, fmt, lambda tmp: libvirt_utils.copy_image(
+        src=base, dest=tmp, host=source_host, receive=True))
+
+
 class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def __init__(self, virtapi, read_only=False):
@@ -252,6 +274,64 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
         return super()._live_snapshot(context, instance, guest, *args,
                                       **kwargs)
 
+    def cache_image(self, context, image_id):
+        """Pre-cache ``image_id`` in ``_base`` (compute API 2.81).
+
+        ``openstack aggregate cache image`` calls this on every host of the
+        aggregate. An AMI (an image with a kernel_id) enters ``_base`` with
+        its AKI and ARI through the core's cache, as a spawn fetches them
+        (its locks, verification, format inspection; the AMI's base checked
+        as the spawn's provisioning route needs), so that a later boot here
+        downloads nothing. An AKI or ARI alone enters the same way. nova's
+        contract: True when anything was fetched, False when everything was
+        cached already (each existing base re-inspected and its timestamp
+        renewed, as nova renews it). Every other image is nova's.
+        """
+        cache = imagebackend.image_cache(context)
+        with errors.as_nova_errors(image_id):
+            meta = cache.source.get_meta(image_id)
+            if meta.kernel_id:
+                parts = self._triplet_parts(cache, meta)
+            elif meta.disk_format in ('aki', 'ari'):
+                parts = [(image_id, meta.disk_format, True)]
+            else:
+                return super().cache_image(context, image_id)
+            fetched = []
+            for part_id, fmt, facts in parts:
+                if cache.fetch(part_id, fmt, facts=facts).fetched:
+                    fetched.append(part_id)
+        LOG.info("Image %(image)s cached by request: %(fetched)s fetched, "
+                 "%(had)s already cached",
+                 {'image': image_id, 'fetched': ', '.join(fetched) or 'none',
+                  'had': ', '.join(p[0] for p in parts
+                                   if p[0] not in fetched) or 'none'})
+        return bool(fetched)
+
+    @staticmethod
+    def _triplet_parts(cache, ami):
+        """[(image id, expected format, facts)] of AMI ``ami``'s triplet.
+
+        Kernel and ramdisk first: a triplet with a part gone fails before
+        the AMI, the large one, is downloaded. The AMI's base gets its
+        facts unless the image is provisioned in the guest (as
+        _create_ami_disk fetches it); an image that no boot would accept
+        (a provisioning declaration refused) is refused here too, before
+        anything is fetched.
+        """
+        guest = False
+        if ami.ramdisk_id:
+            # As _provision_mode decides it for an instance of the image.
+            try:
+                ari = spawn.ramdisk_meta(cache.source, ami)
+            except exception.ImageNotFound:
+                ari = None
+            guest = spawn.provision_mode(
+                CONF, ami, ari, instance='(image pre-cache)') == 'guest'
+        parts = [(ami.kernel_id, 'aki', True)]
+        if ami.ramdisk_id:
+            parts.append((ami.ramdisk_id, 'ari', True))
+        return parts + [(ami.id, 'ami', not guest)]
+
     def _cache_kernel_ramdisk(self, context, instance, kernel_id,
                               ramdisk_id, suffix=''):
         """kernel and ramdisk (instance files) from our inspected cache.
@@ -293,10 +373,15 @@ class AmibootLibvirtDriver(libvirt_driver.LibvirtDriver):
                 # Into _base, inspected; nova then copies them from there.
                 cache = imagebackend.image_cache(context,
                                                  instance.trusted_certs)
+                source_host = kwargs.get('fallback_from_host')
+                if source_host is None and len(args) > 1:
+                    source_host = args[1]
                 with errors.as_nova_errors(instance.image_ref):
-                    cache.fetch(images['kernel_id'], 'aki')
+                    _fetch_or_copy(cache, images['kernel_id'], 'aki',
+                                   source_host)
                     if images.get('ramdisk_id'):
-                        cache.fetch(images['ramdisk_id'], 'ari')
+                        _fetch_or_copy(cache, images['ramdisk_id'], 'ari',
+                                       source_host)
                     if self._provision_mode(cache, instance,
                                             images) == 'guest':
                         path = os.path.join(

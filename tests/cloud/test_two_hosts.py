@@ -11,6 +11,7 @@ server's console log starts anew on its destination, and those lines show
 the same boot going on there.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,11 +33,11 @@ ALIVE = re.compile(r'AMIBOOT-ALIVE (\S+) ([0-9.]+) ([0-9]+)')
 FIGURES = os.path.join(conftest.STATE, 'logs', 'two-hosts-figures.log')
 
 
-def _figure(what, seconds):
-    """Note a measured time (seconds) in the cloud's logs."""
+def _figure(what, seconds, unit=''):
+    """Note a measured time (seconds, or ``unit``) in the cloud's logs."""
     with open(FIGURES, 'a') as f:
-        f.write('%s %s %.1f\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), what,
-                                  seconds))
+        f.write('%s %s %.1f%s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'),
+                                    what, seconds, unit))
 
 
 @pytest.fixture(scope='module')
@@ -153,6 +154,123 @@ def _wait_gone(path, timeout=120):
         time.sleep(2)
 
 
+def _base_path(host, image_id):
+    return os.path.join(host['dir'], '_base',
+                        hashlib.sha1(image_id.encode()).hexdigest())
+
+
+def _triplet(cloud, server, info):
+    """AMI, AKI and ARI ids of the server's image (asked once)."""
+    if 'triplet' not in server:
+        image_id = _image_id(info)
+        props = cloud.json('image', 'show', image_id,
+                           cloud=ADMIN)['properties']
+        server['triplet'] = [image_id, props['kernel_id'],
+                             props['ramdisk_id']]
+    return server['triplet']
+
+
+def _assert_bases_root_owned(hosts, image_ids):
+    """Each base of ``image_ids`` on each host: root:root 0644.
+
+    The bases are shared by every instance of the image on the host:
+    libvirt's DAC driver must never hand them to a guest's QEMU user, nor
+    may any move leave them writable by it.
+    """
+    for host in hosts.values():
+        for image_id in image_ids:
+            try:
+                st = os.stat(_base_path(host, image_id))
+            except FileNotFoundError:
+                continue
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (
+                0, 0, 0o644), ('base of %s on %s is %d:%d %o' % (
+                    image_id, host['name'], st.st_uid, st.st_gid,
+                    st.st_mode & 0o7777))
+
+
+def _wait_checking(cloud, hosts, server, statuses,
+                   timeout=conftest.OP_TIMEOUT):
+    """wait_status, checking the bases at every poll and at the end.
+
+    Every base of the server's triplet on both hosts root-owned during the
+    move (each poll) and after it.
+    """
+    info = cloud.server(server['id'], cloud=ADMIN)
+    ids = _triplet(cloud, server, info)
+    deadline = time.monotonic() + timeout
+    while True:
+        _assert_bases_root_owned(hosts, ids)
+        info = cloud.server(server['id'], cloud=ADMIN)
+        if (info['status'] in statuses
+                and not info.get('OS-EXT-STS:task_state')):
+            _assert_bases_root_owned(hosts, ids)
+            return info
+        if info['status'] == 'ERROR' and 'ERROR' not in statuses:
+            raise AssertionError('server %s went to ERROR: %s' % (
+                server['id'], info.get('fault')))
+        assert time.monotonic() < deadline, (
+            'server %s still %s/%s after %ss, wanted %s' % (
+                server['id'], info['status'],
+                info.get('OS-EXT-STS:task_state'), timeout, statuses))
+        time.sleep(2)
+
+
+@contextlib.contextmanager
+def _disabled(cloud, host):
+    """``host``'s compute disabled: the scheduler picks the other one.
+
+    (A resize names no host; the cloud allows resizing to the same one.)
+    A disabled compute still serves its instances (a revert, a confirm).
+    """
+    cloud.run('compute', 'service', 'set', '--disable', host,
+              'nova-compute', cloud=ADMIN)
+    try:
+        yield
+    finally:
+        cloud.run('compute', 'service', 'set', '--enable', host,
+                  'nova-compute', cloud=ADMIN)
+
+
+def _job_stats(host, domain):
+    """{field: milliseconds} of the domain's last completed job.
+
+    From virsh domjobinfo --completed; {} when libvirt keeps none.
+    """
+    proc = subprocess.run(['virsh', '-c', 'qemu+tcp://%s/system' % host['ip'],
+                           'domjobinfo', '--completed', domain],
+                          capture_output=True, text=True)
+    stats = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition(':')
+        parts = value.split()
+        if len(parts) == 2 and parts[1] == 'ms':
+            stats[key.strip()] = float(parts[0])
+    return stats
+
+
+def _virtual_size(path):
+    out = subprocess.run(['qemu-img', 'info', '-U', '--output=json', path],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)['virtual-size']
+
+
+def _flavor_gb(cloud, info):
+    return int(cloud.json('flavor', 'show', test_servers._flavor(info),
+                          cloud=ADMIN)['disk'])
+
+
+def _assert_keyed_once(rep, key):
+    """The key the ARI wrote at the first boot, once.
+
+    The disk is the one written before the move: the layer a move makes
+    for the destination carries no key, and a revert's ramdisk is the one
+    the guest applied already.
+    """
+    test_servers._assert_key(rep, key)
+    assert rep['authorized_keys'].count(key) == 1, rep['authorized_keys']
+
+
 def test_block_live_migration_keeps_the_guest_running(cloud, hosts,
                                                       server):
     info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
@@ -162,7 +280,7 @@ def test_block_live_migration_keeps_the_guest_running(cloud, hosts,
     t0 = time.monotonic()
     cloud.run('server', 'migrate', '--live-migration', '--block-migration',
               '--host', dst, server['id'], cloud=ADMIN)
-    info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+    info = _wait_checking(cloud, hosts, server, ['ACTIVE'])
     _figure('block-live-migration', time.monotonic() - t0)
     assert info[HOST] == dst, (
         'still on %s after a live migration to %s: %s' % (
@@ -178,20 +296,33 @@ def test_block_live_migration_keeps_the_guest_running(cloud, hosts,
     assert set(conftest.BOOT_ID.findall(text)) <= {server['boot']}, \
         text[-3000:]
     _assert_disk_on(hosts[dst], server['id'], _image_id(info))
+    # libvirt's own figures of the migration (kept by the destination).
+    stats = _job_stats(hosts[dst], info['OS-EXT-SRV-ATTR:instance_name'])
+    for key, what in (('Time elapsed', 'block-live-migration-libvirt'),
+                      ('Total downtime', 'block-live-migration-downtime')):
+        if key in stats:
+            _figure(what, stats[key], ' ms')
     # Nothing of it left on the source.
     assert info['OS-EXT-SRV-ATTR:instance_name'] not in _domains(hosts[src])
     _wait_gone(os.path.join(hosts[src]['dir'], server['id']))
+    _assert_bases_root_owned(hosts, _triplet(cloud, server, info))
 
 
 def test_cold_migration_and_confirm(cloud, hosts, server):
     info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
     src = info[HOST]
     dst = _other(hosts, src)
+    # The AMI's base gone from the destination (aged out, or never
+    # there): fetched again there through our cache.
+    ami_base = _base_path(hosts[dst], _image_id(info))
+    if os.path.exists(ami_base):
+        os.unlink(ami_base)
     t0 = time.monotonic()
     cloud.run('server', 'migrate', '--host', dst, server['id'], cloud=ADMIN)
-    cloud.wait_status(server['id'], ['VERIFY_RESIZE'], cloud=ADMIN)
+    _wait_checking(cloud, hosts, server, ['VERIFY_RESIZE'])
+    assert os.getxattr(ami_base, 'user.amiboot.disk_format') == b'ami'
     cloud.run('server', 'resize', 'confirm', server['id'], cloud=ADMIN)
-    info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+    info = _wait_checking(cloud, hosts, server, ['ACTIVE'])
     _figure('cold-migration-confirm', time.monotonic() - t0)
     assert info[HOST] == dst, info[HOST]
     # Booted there, from its own disk: the key once, the root as it was.
@@ -205,6 +336,80 @@ def test_cold_migration_and_confirm(cloud, hosts, server):
     assert info['OS-EXT-SRV-ATTR:instance_name'] not in _domains(hosts[src])
     _wait_gone(os.path.join(hosts[src]['dir'], server['id']))
     _wait_gone(os.path.join(hosts[src]['dir'], server['id'] + '_resize'))
+    _assert_bases_root_owned(hosts, _triplet(cloud, server, info))
+
+
+def test_resize_to_the_other_host_and_revert(cloud, hosts, server):
+    info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+    src = info[HOST]
+    dst = _other(hosts, src)
+    flavor = test_servers._flavor(info)
+    _, before, _ = cloud.wait_report(server['id'])
+    assert _flavor_gb(cloud, info) == 1, flavor
+    with _disabled(cloud, src):
+        cloud.run('server', 'resize', '--flavor', 'amiboot.2g',
+                  server['id'], cloud=ADMIN)
+        info = _wait_checking(cloud, hosts, server, ['VERIFY_RESIZE'])
+    assert info[HOST] == dst, info[HOST]
+    # Booted on the destination, grown there (by the ARI, in the guest).
+    boot, rep, _ = cloud.wait_report(server['id'], after_boot=server['boot'])
+    server['boot'] = boot
+    test_servers._assert_root_size(rep, 2)
+    _assert_keyed_once(rep, server['key'])
+    _assert_disk_on(hosts[dst], server['id'], _image_id(info))
+    # The source keeps its old disk aside for the revert.
+    kept = os.path.join(hosts[src]['dir'], server['id'] + '_resize', 'disk')
+    kept_ino = os.stat(kept).st_ino
+    assert _virtual_size(kept) == 1024 ** 3
+
+    t0 = time.monotonic()
+    cloud.run('server', 'resize', 'revert', server['id'], cloud=ADMIN)
+    info = _wait_checking(cloud, hosts, server, ['ACTIVE'])
+    _figure('resize-revert', time.monotonic() - t0)
+    assert info[HOST] == src, info[HOST]
+    assert test_servers._flavor(info) == flavor, info['flavor']
+    # Its old disk, the very file, at its old size, with its data.
+    disk = os.path.join(hosts[src]['dir'], server['id'], 'disk')
+    assert os.stat(disk).st_ino == kept_ino
+    assert _virtual_size(disk) == 1024 ** 3
+    boot, rep, _ = cloud.wait_report(server['id'], after_boot=server['boot'])
+    server['boot'] = boot
+    _assert_keyed_once(rep, server['key'])
+    assert test_servers._root_kb(rep) == test_servers._root_kb(before), (
+        rep['root_df_kb'], before['root_df_kb'])
+    _assert_disk_on(hosts[src], server['id'], _image_id(info))
+    assert info['OS-EXT-SRV-ATTR:instance_name'] not in _domains(hosts[dst])
+    _wait_gone(os.path.join(hosts[dst]['dir'], server['id']))
+    _wait_gone(os.path.join(hosts[src]['dir'], server['id'] + '_resize'))
+    _assert_bases_root_owned(hosts, _triplet(cloud, server, info))
+
+
+def test_resize_to_the_other_host_and_confirm(cloud, hosts, server):
+    info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+    src = info[HOST]
+    dst = _other(hosts, src)
+    t0 = time.monotonic()
+    with _disabled(cloud, src):
+        cloud.run('server', 'resize', '--flavor', 'amiboot.2g',
+                  server['id'], cloud=ADMIN)
+        info = _wait_checking(cloud, hosts, server, ['VERIFY_RESIZE'])
+    cloud.run('server', 'resize', 'confirm', server['id'], cloud=ADMIN)
+    info = _wait_checking(cloud, hosts, server, ['ACTIVE'])
+    _figure('resize-confirm', time.monotonic() - t0)
+    assert info[HOST] == dst, info[HOST]
+    assert test_servers._flavor(info) == 'amiboot.2g', info['flavor']
+    # The filesystem grown to the new flavor, seen by the guest; its data.
+    boot, rep, _ = cloud.wait_report(server['id'], after_boot=server['boot'])
+    server['boot'] = boot
+    test_servers._assert_root_size(rep, 2)
+    _assert_keyed_once(rep, server['key'])
+    disk = os.path.join(hosts[dst]['dir'], server['id'], 'disk')
+    assert _virtual_size(disk) == 2 * 1024 ** 3
+    _assert_disk_on(hosts[dst], server['id'], _image_id(info))
+    assert info['OS-EXT-SRV-ATTR:instance_name'] not in _domains(hosts[src])
+    _wait_gone(os.path.join(hosts[src]['dir'], server['id']))
+    _wait_gone(os.path.join(hosts[src]['dir'], server['id'] + '_resize'))
+    _assert_bases_root_owned(hosts, _triplet(cloud, server, info))
 
 
 def test_evacuate_from_a_stopped_host(cloud, hosts, server):
@@ -220,11 +425,10 @@ def test_evacuate_from_a_stopped_host(cloud, hosts, server):
         cloud.run('server', 'evacuate', '--host', dst, server['id'],
                   cloud=ADMIN)
         # From compute API 2.95 on, an evacuated server is stopped there.
-        info = cloud.wait_status(server['id'], ['ACTIVE', 'SHUTOFF'],
-                                 cloud=ADMIN)
+        info = _wait_checking(cloud, hosts, server, ['ACTIVE', 'SHUTOFF'])
         if info['status'] == 'SHUTOFF':
             cloud.run('server', 'start', server['id'], cloud=ADMIN)
-            info = cloud.wait_status(server['id'], ['ACTIVE'], cloud=ADMIN)
+            info = _wait_checking(cloud, hosts, server, ['ACTIVE'])
         _figure('evacuate', time.monotonic() - t1)
         assert info[HOST] == dst, info[HOST]
         # Rebuilt there from its image: a new boot, keyed and grown anew.
@@ -232,7 +436,8 @@ def test_evacuate_from_a_stopped_host(cloud, hosts, server):
                                          after_boot=server['boot'])
         server['boot'] = boot
         test_servers._assert_key(rep, server['key'])
-        test_servers._assert_root_size(rep, 1)
+        # The flavor's size (the resizes before it may have grown it).
+        test_servers._assert_root_size(rep, _flavor_gb(cloud, info))
         _assert_disk_on(hosts[dst], server['id'], _image_id(info))
     finally:
         # The cloud whole again: the compute back (it removes the
@@ -243,3 +448,4 @@ def test_evacuate_from_a_stopped_host(cloud, hosts, server):
         _figure('evacuate-with-compute-stop-start', time.monotonic() - t0)
     assert info['OS-EXT-SRV-ATTR:instance_name'] not in _domains(hosts[src])
     _wait_gone(os.path.join(hosts[src]['dir'], server['id']))
+    _assert_bases_root_owned(hosts, _triplet(cloud, server, info))

@@ -6,6 +6,7 @@ sandboxed qemu-img and files are real.
 
 import hashlib
 import os
+import subprocess
 import tempfile
 import unittest
 
@@ -76,3 +77,37 @@ class FetchTest(unittest.TestCase):
         with self.assertRaises(exception.ImageNotFound) as cm:
             self.cache.fetch('nope')
         self.assertIn('nope', str(cm.exception))
+
+    def test_adopt_a_copy_of_an_image_gone_from_the_source(self):
+        data = b'\x7fELF' + b'k' * 8188
+
+        def write(path):
+            with open(path, 'wb') as f:
+                f.write(data)
+        got = self.cache.adopt('aki-6', 'aki', write)
+        self.assertEqual(self.cache.path_for('aki-6'), got.path)
+        self.assertFalse(got.fetched)
+        with open(got.path, 'rb') as f:
+            self.assertEqual(data, f.read())
+        self.assertEqual(0o644, os.stat(got.path).st_mode & 0o7777)
+        self.assertEqual([os.path.basename(got.path)],
+                         os.listdir(self.cache.base_dir))
+        # There now: used as it is, the copy not asked for again.
+        self.assertEqual(got.path, self.cache.adopt(
+            'aki-6', 'aki', lambda path: self.fail('copied again')).path)
+
+    def test_adopt_refuses_an_unsafe_copy_leaving_nothing(self):
+        # (qemu-img create with data_file_raw=on truncates and writes the
+        # data file: a scratch file here, never a host file.)
+        data_file = os.path.join(self.cache.base_dir, '..', 'victim')
+        with open(data_file, 'wb') as f:
+            f.write(b'precious\n')
+
+        def write(path):
+            subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2',
+                            '-o', 'data_file=%s,data_file_raw=on'
+                            % data_file, path, '1M'], check=True,
+                           capture_output=True)
+        self.assertRaises(exception.AmibootException, self.cache.adopt,
+                          'ari-7', 'ari', write)
+        self.assertEqual([], os.listdir(self.cache.base_dir))
