@@ -447,8 +447,11 @@ def execute_argv(argv, cmd, image, lim, stdin=None, out_limit=MAX_OUT,
             tool=tool, image=image, limit='wall-clock',
             value='%s = %d s' % (lim.timeout_name, lim.timeout))
     ok = ok_codes if limit_ok is None else limit_ok
-    limit = _limit_hit(code, code in ok, err_text + '\n' + out[-4096:].decode(
-        'utf-8', 'replace'), rss, cpu, lim, tool)
+    # Truncated: the kill was ours (the output bound), not a limit's; the
+    # peak RSS then may even be the forked parent's.
+    limit = None if truncated else _limit_hit(
+        code, code in ok, err_text + '\n' + out[-4096:].decode(
+            'utf-8', 'replace'), rss, cpu, lim, tool)
     if limit:
         raise exception.ToolLimitExceeded(tool=tool, image=image,
                                           limit=limit[0], value=limit[1])
