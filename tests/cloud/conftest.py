@@ -150,3 +150,13 @@ def keypair(cloud, tmp_path_factory):
     cloud.run('keypair', 'create', '--public-key', str(key) + '.pub', name)
     yield name, (d / 'id_ed25519.pub').read_text().strip()
     cloud.run('keypair', 'delete', name, check=False)
+
+
+@pytest.fixture(scope='module')
+def hosts(cloud):
+    """The cloud's compute hosts by name (the two-host tier needs two)."""
+    found = {h['name']: h for h in cloud.hosts()}
+    if len(found) < 2:
+        pytest.skip('the cloud has one compute host (tools/cloud up '
+                    '--hosts 2 for two)')
+    return found

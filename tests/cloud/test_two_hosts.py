@@ -40,19 +40,12 @@ def _figure(what, seconds, unit=''):
                                     what, seconds, unit))
 
 
-@pytest.fixture(scope='module')
-def hosts(cloud):
-    found = {h['name']: h for h in cloud.hosts()}
-    if len(found) < 2:
-        pytest.skip('the cloud has one compute host (tools/cloud up '
-                    '--hosts 2 for two)')
-    return found
+def module_server(cloud, keypair, name):
+    """Create server ``name`` and yield what the tests need of it.
 
-
-@pytest.fixture(scope='module')
-def server(cloud, keypair, hosts):
-    """The module's server: id, public key, boot id, first report."""
-    name = 'tier-2h-%d' % os.getpid()
+    Its id, public key, boot id and first report; deleted after the
+    module, whatever happened.
+    """
     info = cloud.json('server', 'create', '--image', IMAGE,
                       '--flavor', 'm1.tiny', '--key-name', keypair[0],
                       '--nic', 'none', name)
@@ -65,6 +58,12 @@ def server(cloud, keypair, hosts):
                'rep': rep}
     finally:
         cloud.run('server', 'delete', '--wait', info['id'], check=False)
+
+
+@pytest.fixture(scope='module')
+def server(cloud, keypair, hosts):
+    """The module's server: id, public key, boot id, first report."""
+    yield from module_server(cloud, keypair, 'tier-2h-%d' % os.getpid())
 
 
 def _show(cloud, server):

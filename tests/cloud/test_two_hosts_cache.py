@@ -92,15 +92,6 @@ def triplet(cloud, hosts):
 
 
 @pytest.fixture(scope='module')
-def hosts(cloud):
-    found = {h['name']: h for h in cloud.hosts()}
-    if len(found) < 2:
-        pytest.skip('the cloud has one compute host (tools/cloud up '
-                    '--hosts 2 for two)')
-    return found
-
-
-@pytest.fixture(scope='module')
 def aggregate(cloud, hosts):
     name = 'tier-cache-%d' % os.getpid()
     cloud.run('aggregate', 'create', name, cloud=ADMIN)

@@ -45,18 +45,8 @@ def hosts(cloud):
 
 @pytest.fixture(scope='module')
 def server(cloud, keypair, hosts):
-    name = 'tier-shared-%d' % os.getpid()
-    info = cloud.json('server', 'create', '--image', two.IMAGE,
-                      '--flavor', 'm1.tiny', '--key-name', keypair[0],
-                      '--nic', 'none', name)
-    try:
-        cloud.wait_status(info['id'], ['ACTIVE'])
-        boot, rep, _ = cloud.wait_report(info['id'])
-        test_servers._assert_key(rep, keypair[1])
-        yield {'id': info['id'], 'key': keypair[1], 'boot': boot,
-               'rep': rep}
-    finally:
-        cloud.run('server', 'delete', '--wait', info['id'], check=False)
+    yield from two.module_server(cloud, keypair,
+                                 'tier-shared-%d' % os.getpid())
 
 
 def _disk(hosts, server_id):
